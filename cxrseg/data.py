@@ -1,0 +1,164 @@
+"""Datalists for prepared datasets: which cases exist, and how they split into training, validation and test.
+
+A prepared dataset is ``images/<case>.png`` plus ``masks/<structure>/<case>.png`` (README, "Prepared dataset
+layout"). Its ``datalist.json`` fixes the split; where a folder has none (a read-only shared copy, say), the
+same deterministic split is derived from the layout, so every bundle and benchmark sees the same cases.
+Splits are made over patients, never over images, so no patient is in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .io import SUPPORTED_SUFFIXES
+
+SPLITS = ("training", "validation", "test")
+DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
+DATALIST_NAME = "datalist.json"
+PATIENT_COLUMNS = ("patientid", "patient_id", "patient")
+
+
+def discover_cases(dataset_dir: str | Path) -> list[dict]:
+    """List the cases of a prepared dataset as datalist entries with paths relative to ``dataset_dir``."""
+    root = Path(dataset_dir)
+    image_dir = root / "images"
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"{root}: not a prepared dataset (no images/ folder)")
+    structure_dirs = sorted(p for p in (root / "masks").glob("*") if p.is_dir())
+    entries = []
+    for image in sorted(p for p in image_dir.iterdir() if p.suffix.lower() in SUPPORTED_SUFFIXES):
+        labels = {}
+        for structure_dir in structure_dirs:
+            mask = structure_dir / f"{image.stem}.png"
+            if mask.is_file():
+                labels[structure_dir.name] = str(mask.relative_to(root))
+        entries.append({"case": image.stem, "image": str(image.relative_to(root)), "label": labels})
+    if not entries:
+        raise FileNotFoundError(f"{image_dir}: no images")
+    return entries
+
+
+def patients_from_metadata(dataset_dir: str | Path) -> dict[str, str]:
+    """Map case id to patient id from ``metadata.csv`` when it has a patient column; else an empty map."""
+    metadata = Path(dataset_dir) / "metadata.csv"
+    if not metadata.is_file():
+        return {}
+    with open(metadata, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    column = next((c for c in PATIENT_COLUMNS if rows and c in rows[0]), None)
+    if column is None:
+        return {}
+    return {row["case"]: row[column] for row in rows if row.get(column)}
+
+
+def _shuffled_patients(cases: Sequence[dict], patient_of: Mapping[str, str], seed: int) -> list[str]:
+    patients = sorted({patient_of.get(c["case"], c["case"]) for c in cases})
+    order = np.random.default_rng(seed).permutation(len(patients))
+    return [patients[i] for i in order]
+
+
+def split_cases(
+    cases: Sequence[dict],
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    patient_of: Mapping[str, str] | None = None,
+) -> dict[str, list[dict]]:
+    """Split cases into training/validation/test by patient, with the given fractions of patients."""
+    if len(fractions) != len(SPLITS) or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    patient_of = patient_of or {}
+    patients = _shuffled_patients(cases, patient_of, seed)
+    bounds = np.round(np.cumsum(fractions) * len(patients)).astype(int)
+    split_of_patient = {p: SPLITS[int(np.searchsorted(bounds, i, side="right"))] for i, p in enumerate(patients)}
+    result: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for case in cases:
+        result[split_of_patient[patient_of.get(case["case"], case["case"])]].append(case)
+    return result
+
+
+def fold_cases(
+    cases: Sequence[dict], num_folds: int, fold: int, seed: int = 0, patient_of: Mapping[str, str] | None = None
+) -> dict[str, list[dict]]:
+    """Cross-validation by patient: fold ``fold`` of ``num_folds`` is the validation set, the rest is training."""
+    if not 0 <= fold < num_folds:
+        raise ValueError(f"fold must be in [0, {num_folds}), got {fold}")
+    patient_of = patient_of or {}
+    patients = _shuffled_patients(cases, patient_of, seed)
+    held_out = set(patients[fold::num_folds])
+    result: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for case in cases:
+        held = patient_of.get(case["case"], case["case"]) in held_out
+        result["validation" if held else "training"].append(case)
+    return result
+
+
+def write_datalist(
+    dataset_dir: str | Path,
+    out_file: str | Path | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    patient_of: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the datalist of a prepared dataset (default ``<dataset_dir>/datalist.json``) and return its path.
+
+    Paths in the file are relative to ``dataset_dir`` so the folder can move. Patient ids come from
+    ``patient_of`` or, by default, from ``metadata.csv``.
+    """
+    root = Path(dataset_dir)
+    patient_of = patients_from_metadata(root) if patient_of is None else patient_of
+    splits = split_cases(discover_cases(root), fractions, seed, patient_of)
+    out = Path(out_file) if out_file is not None else root / DATALIST_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(splits, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def _absolute(entry: dict, root: Path) -> dict:
+    absolute = dict(entry)
+    absolute["image"] = str(root / entry["image"])
+    absolute["label"] = {name: str(root / path) for name, path in entry.get("label", {}).items()}
+    return absolute
+
+
+def _subset(entries: list[dict], limit: int | None, seed: int) -> list[dict]:
+    """The first ``limit`` entries of a seeded permutation: nested (10 ⊂ 20 ⊂ all) for a fixed seed."""
+    if limit is None or limit >= len(entries):
+        return entries
+    order = np.random.default_rng(seed).permutation(len(entries))[:limit]
+    return [entries[i] for i in sorted(order)]
+
+
+def load_split(
+    dataset_dir: str | Path,
+    split: str,
+    limit: int | None = None,
+    datalist: str | Path | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    num_folds: int | None = None,
+    fold: int = 0,
+) -> list[dict]:
+    """Entries of one split with absolute paths, for ``train#dataset#data`` and friends.
+
+    The split comes from ``datalist`` (or ``<dataset_dir>/datalist.json``) when present, otherwise it is
+    derived from the layout with ``fractions`` and ``seed`` (or, with ``num_folds``, cross-validation fold
+    ``fold``). ``limit`` keeps a deterministic subset, e.g. for few-shot training.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    root = Path(dataset_dir)
+    datalist_file = Path(datalist) if datalist is not None else root / DATALIST_NAME
+    if num_folds is None and datalist_file.is_file():
+        splits = json.loads(datalist_file.read_text(encoding="utf-8"))
+    elif num_folds is not None:
+        splits = fold_cases(discover_cases(root), num_folds, fold, seed, patients_from_metadata(root))
+    else:
+        splits = split_cases(discover_cases(root), fractions, seed, patients_from_metadata(root))
+    entries = [_absolute(entry, root) for entry in splits.get(split, [])]
+    return _subset(entries, limit, seed)
+

@@ -1,0 +1,158 @@
+"""Per-case segmentation metrics with defined values on empty masks, and the evaluation report writer.
+
+MONAI's metrics return NaN or raise on empty masks; a CXR collection meets them constantly (a case without
+opacity, a failed prediction), so the rules are fixed here once:
+
+- both masks empty: Dice 1, IoU 1, HD95 0 (nothing to find, nothing found);
+- exactly one empty: Dice 0, IoU 0, HD95 NaN (undefined; counted as ``hd95_undefined`` in the summary);
+- for cases whose reference is empty, the summary also gives the false-positive fraction (predicted area
+  over image area), because Dice/IoU of 0 or 1 says little there.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from monai.metrics import compute_hausdorff_distance
+
+from .inference import to_label_map
+
+logger = logging.getLogger(__name__)
+METRICS = ("dice", "iou", "precision", "recall", "accuracy", "hd95")
+
+
+def hd95(pred: np.ndarray, reference: np.ndarray) -> float:
+    """95th-percentile Hausdorff distance in pixels between two non-empty boolean masks."""
+    as_batch = [torch.from_numpy(np.ascontiguousarray(m))[None, None] for m in (pred, reference)]
+    return float(compute_hausdorff_distance(as_batch[0], as_batch[1], percentile=95.0).item())
+
+
+def binary_metrics(pred: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Dice, IoU, precision, recall, pixel accuracy and HD95 of one boolean mask against its reference."""
+    pred, reference = pred.astype(bool), reference.astype(bool)
+    true_pos = float(np.count_nonzero(pred & reference))
+    pred_area, ref_area = float(np.count_nonzero(pred)), float(np.count_nonzero(reference))
+    accuracy = float(np.count_nonzero(pred == reference)) / pred.size
+    if pred_area == 0 and ref_area == 0:
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "accuracy": accuracy, "hd95": 0.0}
+    union = pred_area + ref_area - true_pos
+    return {
+        "dice": 2 * true_pos / (pred_area + ref_area),
+        "iou": true_pos / union,
+        "precision": true_pos / pred_area if pred_area else 0.0,
+        "recall": true_pos / ref_area if ref_area else 0.0,
+        "accuracy": accuracy,
+        "hd95": hd95(pred, reference) if pred_area and ref_area else math.nan,
+    }
+
+
+def case_metrics(pred: np.ndarray, reference: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
+    """Metrics of every non-background label of two label maps, as ``<label>_<metric>`` columns, plus the
+    reference and predicted areas (needed to group cases with and without a structure)."""
+    if pred.shape != reference.shape:
+        raise ValueError(f"prediction {pred.shape} and reference {reference.shape} differ in size")
+    row: dict[str, float] = {}
+    for value, name in enumerate(label_names):
+        if value == 0:
+            continue
+        pred_mask, ref_mask = pred == value, reference == value
+        row |= {f"{name}_{metric}": score for metric, score in binary_metrics(pred_mask, ref_mask).items()}
+        row[f"{name}_ref_area_px"] = int(ref_mask.sum())
+        row[f"{name}_pred_area_px"] = int(pred_mask.sum())
+    return row
+
+
+def _stats(values: Sequence[float], worst: str) -> dict[str, float | int | None]:
+    finite = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if finite.size == 0:
+        return {"n": 0, "mean": None, "sd": None, "worst": None}
+    return {
+        "n": int(finite.size),
+        "mean": float(finite.mean()),
+        "sd": float(finite.std(ddof=1)) if finite.size > 1 else 0.0,
+        "worst": float(finite.min() if worst == "min" else finite.max()),
+    }
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], label_names: Sequence[str]) -> dict[str, Any]:
+    """Mean, sd and worst case per label and metric: over all cases, over cases whose reference has the
+    label, and the false-positive fraction over cases whose reference lacks it."""
+    summary: dict[str, Any] = {"cases": len(rows), "labels": {}}
+    for name in label_names[1:]:
+        present = [r for r in rows if r[f"{name}_ref_area_px"] > 0]
+        absent = [r for r in rows if r[f"{name}_ref_area_px"] == 0]
+        per_label: dict[str, Any] = {}
+        for group, members in (("all", rows), ("reference_present", present)):
+            per_label[group] = {
+                metric: _stats([r[f"{name}_{metric}"] for r in members], "max" if metric == "hd95" else "min")
+                for metric in METRICS
+            }
+            per_label[group]["hd95_undefined"] = sum(math.isnan(r[f"{name}_hd95"]) for r in members)
+        per_label["reference_absent"] = {
+            "cases": len(absent),
+            "false_positive_fraction": _stats(
+                [r[f"{name}_pred_area_px"] / r["pixels"] for r in absent], "max"
+            ),
+        }
+        summary["labels"][name] = per_label
+    means = [summary["labels"][n]["all"]["dice"]["mean"] for n in label_names[1:]]
+    summary["mean_dice"] = float(np.mean([m for m in means if m is not None])) if any(
+        m is not None for m in means
+    ) else None
+    return summary
+
+
+class MetricsWriter:
+    """Ignite handler for ``evaluate.yaml``: per-case metrics to ``metrics_per_case.csv`` and the summary to
+    ``metrics_summary.json`` (see :func:`summarize`).
+
+    It reads ``pred`` and ``label`` of each decollated output item after the evaluator's post-processing;
+    both should be label maps (or one-hot / score channels) at the resolution to evaluate, normally the
+    input's own size after ``Invertd``.
+    """
+
+    def __init__(self, output_dir: str | Path, label_names: Sequence[str], prefix: str = "metrics") -> None:
+        self.output_dir = Path(output_dir)
+        self.label_names = list(label_names)
+        self.prefix = prefix
+        self.rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    @staticmethod
+    def _case_name(item: Mapping[str, Any], batch_item: Mapping[str, Any] | None) -> str:
+        if batch_item is not None and batch_item.get("case"):
+            return str(batch_item["case"])
+        meta = getattr(item.get("image", item.get("pred")), "meta", {}) or {}
+        return Path(str(meta.get("filename_or_obj", "?"))).stem
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [None] * len(output)
+        for item, batch_item in zip(output, batch):
+            pred, reference = to_label_map(item["pred"]), to_label_map(item["label"])
+            row: dict[str, Any] = {"case": self._case_name(item, batch_item), "pixels": int(reference.size)}
+            self.rows.append(row | case_metrics(pred, reference, self.label_names))
+
+    def _write(self, engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        per_case = self.output_dir / f"{self.prefix}_per_case.csv"
+        with open(per_case, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(self.rows[0]) if self.rows else ["case"])
+            writer.writeheader()
+            writer.writerows(self.rows)
+        summary = summarize(self.rows, self.label_names)
+        (self.output_dir / f"{self.prefix}_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        logger.info("evaluation of %d cases: mean Dice %s; written to %s", len(self.rows), summary["mean_dice"], per_case)

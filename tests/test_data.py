@@ -1,0 +1,82 @@
+"""Datalists: discovery from the prepared layout, patient-level splits, folds and nested subsets."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrseg.data import discover_cases, load_split, split_cases, write_datalist
+
+
+def make_dataset(root: Path, cases: int = 20, patients: int | None = None) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "masks" / "lungs").mkdir(parents=True)
+    rows = []
+    for i in range(cases):
+        case = f"case{i:03d}"
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "images" / f"{case}.png")
+        if i % 4:
+            Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "masks" / "lungs" / f"{case}.png")
+        rows.append({"case": case, "patientid": f"p{i % patients}" if patients else case})
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["case", "patientid"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_discover_lists_masks_that_exist(tmp_path: Path) -> None:
+    cases = discover_cases(make_dataset(tmp_path / "d"))
+    assert len(cases) == 20
+    assert cases[0]["label"] == {} and cases[1]["label"] == {"lungs": "masks/lungs/case001.png"}
+
+
+def test_split_keeps_patients_together(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", cases=40, patients=9)
+    patient = {f"case{i:03d}": f"p{i % 9}" for i in range(40)}
+    splits = {s: load_split(root, s) for s in ("training", "validation", "test")}
+    seen = [{patient[e["case"]] for e in entries} for entries in splits.values()]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    assert sum(len(v) for v in splits.values()) == 40
+
+
+def test_split_fractions_and_determinism() -> None:
+    cases = [{"case": f"c{i}"} for i in range(100)]
+    first, again = split_cases(cases, seed=3), split_cases(cases, seed=3)
+    assert [len(first[s]) for s in ("training", "validation", "test")] == [70, 15, 15]
+    assert first == again and first != split_cases(cases, seed=4)
+    with pytest.raises(ValueError, match="fractions"):
+        split_cases(cases, fractions=(0.5, 0.2, 0.2))
+
+
+def test_folds_partition_the_patients(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", cases=30, patients=12)
+    held_out = [{e["case"] for e in load_split(root, "validation", num_folds=3, fold=f)} for f in range(3)]
+    assert set().union(*held_out) == {f"case{i:03d}" for i in range(30)}
+    assert sum(len(h) for h in held_out) == 30
+
+
+def test_written_datalist_is_used_and_relative(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d")
+    datalist = json.loads(write_datalist(root).read_text())
+    assert not Path(datalist["training"][0]["image"]).is_absolute()
+    entry = load_split(root, "training")[0]
+    assert Path(entry["image"]).is_file()
+
+
+def test_limit_gives_nested_subsets(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "d", cases=60)
+    small, larger = load_split(root, "training", limit=5), load_split(root, "training", limit=10)
+    assert len(small) == 5 and {e["case"] for e in small} <= {e["case"] for e in larger}
+
+
+@pytest.mark.realdata
+def test_jsrt_split_covers_all_cases(jsrt_dir: Path) -> None:
+    cases = [e["case"] for s in ("training", "validation", "test") for e in load_split(jsrt_dir, s)]
+    assert len(cases) == len(set(cases)) == 200
+    assert set(load_split(jsrt_dir, "validation")[0]["label"]) >= {"left_lung", "right_lung", "heart"}

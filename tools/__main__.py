@@ -1,0 +1,20 @@
+"""Entry point of ``python -m tools``: one ``fire`` command per entry of :data:`COMMANDS`.
+
+To add a command, write a function with a docstring (it becomes the ``--help`` text) in a module of
+``tools/``, import the module here and add one line ``"name": module.function`` below. A command reports
+failure by raising ``SystemExit(code)`` after printing what went wrong.
+"""
+
+import fire
+
+from tools import prepare, synthetic
+
+COMMANDS = {
+    "prepare": prepare.prepare,
+    "datalist": prepare.datalist,
+    "phantoms": synthetic.phantoms,
+    "contact_sheet": synthetic.contact_sheet,
+}
+
+if __name__ == "__main__":
+    fire.Fire(COMMANDS, name="tools")

@@ -1,11 +1,32 @@
-"""Training helpers for bundle configs: finding the checkpoint to resume from."""
+"""Training helpers for bundle configs: checkpoints that survive a kill, and finding the one to resume from."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
+
+from monai.handlers import CheckpointSaver
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` whose every file is written to a temporary file in the same folder and then
+    renamed over the target, so a process killed mid-write (SIGKILL, full disk) never leaves a half-written
+    ``model.pt`` or ``checkpoint_*.pt``.
+
+    MONAI builds Ignite's ``DiskSaver`` with ``atomic=False`` only because Ignite's temporary files used to be
+    readable by their owner alone; Ignite now adds group and other read permission after the rename, so the
+    atomic mode is switched back on here. Ignite removes the oldest checkpoint before writing the next one, so
+    resumable training also needs ``n_saved`` of at least 2.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler._atomic = True
 
 
 def _checkpoint_order(path: Path) -> tuple[int, float]:
@@ -17,8 +38,8 @@ def _checkpoint_order(path: Path) -> tuple[int, float]:
 def latest_checkpoint(ckpt_dir: str | Path) -> str | None:
     """Newest resumable checkpoint (trainer, optimizer and network states) in ``ckpt_dir``, or None.
 
-    The trainers save ``checkpoint_*.pt`` through Ignite's ``DiskSaver``, which writes to a temporary file
-    and renames it, so any file found here is complete even if training was killed mid-write.
+    The trainers save ``checkpoint_*.pt`` through :class:`AtomicCheckpointSaver`, so any file found here is
+    complete even if training was killed mid-write.
     """
     candidates = sorted(Path(ckpt_dir).glob(CHECKPOINT_GLOB), key=_checkpoint_order)
     return str(candidates[-1]) if candidates else None

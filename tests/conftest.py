@@ -1,15 +1,19 @@
 """Fixtures shared by the test suite: repository paths, the real shared data, tiny phantom datasets, and
-clean imports of one bundle's ``scripts`` package at a time."""
+the bundles to test, and one short training run of a bundle."""
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from cxrseg.bundle import bundle_imports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
@@ -45,26 +49,43 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(generate_dataset(tmp_path_factory.mktemp("phantoms") / "data", count=16, size=256, seed=7))
 
 
-@contextlib.contextmanager
-def bundle_imports(bundle_dir: Path) -> Iterator[None]:
-    """Make ``import scripts`` mean this bundle's scripts for the duration, as MONAI's runner does.
-
-    Every bundle names its code package ``scripts`` (the Model Zoo convention), so one process that runs
-    several bundles must drop the previous bundle's modules before importing the next one's.
-    """
-    def unload() -> None:
-        for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
-            del sys.modules[name]
-
-    unload()
-    sys.path.insert(0, str(bundle_dir))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(bundle_dir))
-        unload()
-
-
 def bundle_names() -> list[str]:
     """Every bundle folder, so a new bundle is covered by adding its folder."""
     return sorted(p.name for p in BUNDLES_DIR.iterdir() if (p / "configs" / "metadata.json").is_file())
+
+
+@dataclass
+class TrainingRecord:
+    """What a short training run did: the mean training loss of each epoch and the validation Dice of each
+    validation (the first one of the untrained network when ``validate_first`` was asked)."""
+
+    epoch_losses: list[float]
+    val_dice: list[float]
+
+
+def train_bundle(bundle_dir: Path, validate_first: bool = False, **overrides: Any) -> TrainingRecord:
+    """Run a bundle's ``train.yaml`` on CPU with ``overrides`` through MONAI's ``ConfigWorkflow``, as
+    ``monai.bundle run`` does, recording the loss of every iteration and the key validation metric.
+
+    The real-data training tests of every bundle share this, so that they differ only in their settings and
+    in what they require of the record."""
+    losses: dict[int, list[float]] = {}
+    val_dice: list[float] = []
+    with bundle_imports(bundle_dir):
+        workflow = ConfigWorkflow(
+            config_file=str(bundle_dir / "configs" / "train.yaml"), workflow_type="train",
+            bundle_root=str(bundle_dir), device="$torch.device('cpu')", **overrides,
+        )
+        workflow.initialize()
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED,
+            lambda e: losses.setdefault(e.state.epoch, []).append(float(e.state.output[0]["loss"])),
+        )
+        evaluator.add_event_handler(Events.COMPLETED, lambda e: val_dice.append(e.state.metrics["val_mean_dice"]))
+        if validate_first:
+            evaluator.run()
+        workflow.run()
+        workflow.finalize()
+    return TrainingRecord([float(np.mean(losses[epoch])) for epoch in sorted(losses)], val_dice)

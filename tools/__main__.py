@@ -7,13 +7,15 @@ failure by raising ``SystemExit(code)`` after printing what went wrong.
 
 import fire
 
-from tools import prepare, synthetic
+from tools import export, package, prepare, synthetic
 
 COMMANDS = {
     "prepare": prepare.prepare,
     "datalist": prepare.datalist,
     "phantoms": synthetic.phantoms,
     "contact_sheet": synthetic.contact_sheet,
+    "package": package.package,
+    "export": export.export,
 }
 
 if __name__ == "__main__":

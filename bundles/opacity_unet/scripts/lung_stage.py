@@ -1,0 +1,144 @@
+"""Stage one of the pipeline: the lung field of a radiograph, from a lung bundle of this collection or from
+mask files.
+
+The opacity network sees only the lungs, so at inference another bundle (default ``lung_vae``) segments them
+first. It runs in-process from its own ``inference.yaml`` (network, preprocessing, inferer, postprocessing),
+not from a copy of its code. Both bundles call their code package ``scripts``;
+:func:`~cxrseg.bundle.bundle_imports` swaps the other bundle's package in only while its config is parsed, as
+MONAI Label does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from .cxrseg.bundle import bundle_imports
+from .cxrseg.io import RadiographError, read_radiograph
+
+
+def lung_label_values(bundle_dir: str | Path) -> list[int]:
+    """Label values of the lung bundle's output that are lung (``channel_def`` names containing "lung"), so a
+    bundle that also segments the heart or clavicles still gives the lung field alone."""
+    metadata_file = Path(bundle_dir) / "configs" / "metadata.json"
+    channel_def = json.loads(metadata_file.read_text())["network_data_format"]["outputs"]["pred"]["channel_def"]
+    values = [int(value) for value, name in channel_def.items() if int(value) > 0 and "lung" in name.lower()]
+    if not values:
+        raise ValueError(f"{metadata_file}: no output label named like a lung in channel_def {channel_def}")
+    return values
+
+
+@dataclass
+class LungBundle:
+    """The parts of a lung bundle's inference config needed to segment one radiograph."""
+
+    network: torch.nn.Module
+    preprocessing: Callable[[dict], dict]
+    inferer: Callable[[torch.Tensor, torch.nn.Module], Any]
+    postprocessing: Callable[[dict], dict]
+    lung_values: list[int]
+    device: torch.device
+
+    @torch.no_grad()
+    def segment(self, image_path: str) -> np.ndarray:
+        """Boolean lung field at the radiograph's own size, as the lung bundle's own inference would give it."""
+        item = self.preprocessing({"image": image_path})
+        pred = self.inferer(item["image"][None].to(self.device), self.network)
+        pred = pred[0] if isinstance(pred, (tuple, list)) else pred
+        item["pred"] = MetaTensor(pred[0].detach().cpu(), meta=item["image"].meta)
+        label_map = np.asarray(self.postprocessing(item)["pred"])
+        label_map = label_map.argmax(0) if label_map.ndim == 3 and label_map.shape[0] > 1 else np.squeeze(label_map)
+        return np.isin(np.rint(label_map).astype(np.int64), self.lung_values)
+
+
+def load_lung_bundle(
+    bundle_dir: str | Path, device: torch.device | str = "cpu", ckpt_path: str | Path | None = None,
+    config_file: str = "inference.yaml",
+) -> LungBundle:
+    """Build the lung bundle's network (weights loaded) and transforms from its inference config."""
+    bundle_dir = Path(bundle_dir).resolve()
+    config_path = bundle_dir / "configs" / config_file
+    if not config_path.is_file():
+        raise FileNotFoundError(f"lung bundle config {config_path} not found; set lung_bundle_dir")
+    device = torch.device(device)
+    with bundle_imports(bundle_dir):
+        parser = ConfigParser()
+        parser.read_config(str(config_path))
+        parser.update({"bundle_root": str(bundle_dir), "device": f"$torch.device('{device}')"})
+        ckpt = Path(ckpt_path) if ckpt_path is not None else Path(parser.get_parsed_content("ckpt_path"))
+        if not ckpt.is_file():
+            raise FileNotFoundError(
+                f"lung bundle weights {ckpt} not found: train {bundle_dir.name} first or set lung_ckpt_path"
+            )
+        network = parser.get_parsed_content("network_def").to(device).eval()
+        network.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
+        return LungBundle(
+            network=network,
+            preprocessing=parser.get_parsed_content("preprocessing"),
+            inferer=parser.get_parsed_content("inferer"),
+            postprocessing=parser.get_parsed_content("postprocessing"),
+            lung_values=lung_label_values(bundle_dir),
+            device=device,
+        )
+
+
+def _as_lung_field(mask: np.ndarray, image_path: str) -> MetaTensor:
+    """``(1, rows, cols)`` lung field; an empty one is an error of this image (nothing to crop or measure)."""
+    if not mask.any():
+        raise RadiographError(image_path, "no lung field found, so no opacity can be measured")
+    return MetaTensor(torch.from_numpy(mask.astype(np.uint8)[None]))
+
+
+class LungFieldd(MapTransform):
+    """Add ``lung_key``: the lung field of the radiograph whose path is ``data[key]``, from a lung bundle.
+
+    The bundle is loaded on first use, so a config that lists this transform as an unused alternative
+    (``lung_source: dataset``) neither needs the lung bundle nor pays for it.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, bundle_dir: str | Path, lung_key: str = "lung", device: torch.device | str = "cpu",
+        ckpt_path: str | Path | None = None,
+    ) -> None:
+        super().__init__(keys)
+        self.bundle_dir, self.lung_key, self.device, self.ckpt_path = bundle_dir, lung_key, device, ckpt_path
+        self._bundle: LungBundle | None = None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        if self._bundle is None:
+            self._bundle = load_lung_bundle(self.bundle_dir, self.device, self.ckpt_path)
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.lung_key] = _as_lung_field(self._bundle.segment(str(d[key])), str(d[key]))
+        return d
+
+
+class LungMaskFiled(MapTransform):
+    """Add ``lung_key``: the lung field read from ``<mask_dir>/<stem>.png`` for the radiograph ``data[key]``
+    (ground-truth or precomputed lung masks instead of the lung bundle)."""
+
+    def __init__(self, keys: KeysCollection, mask_dir: str | Path | None, lung_key: str = "lung") -> None:
+        super().__init__(keys)
+        self.mask_dir, self.lung_key = mask_dir, lung_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        if self.mask_dir is None:
+            raise ValueError("lung_source 'masks' needs lung_mask_dir, the folder of <stem>.png lung masks")
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask_path = Path(self.mask_dir) / f"{Path(str(d[key])).stem}.png"
+            if not mask_path.is_file():
+                raise RadiographError(str(d[key]), f"no lung mask {mask_path}")
+            pixels = read_radiograph(mask_path)
+            d[self.lung_key] = _as_lung_field(pixels > pixels.max() / 2, str(d[key]))
+        return d

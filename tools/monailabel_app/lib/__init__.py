@@ -1,0 +1,1 @@
+"""Tasks of the MONAI Label app (MONAI Label puts the app folder on the path, so this is ``lib``)."""

@@ -7,7 +7,7 @@ failure by raising ``SystemExit(code)`` after printing what went wrong.
 
 import fire
 
-from tools import export, package, prepare, synthetic
+from tools import benchmark, export, package, prepare, synthetic
 
 COMMANDS = {
     "prepare": prepare.prepare,
@@ -16,6 +16,7 @@ COMMANDS = {
     "contact_sheet": synthetic.contact_sheet,
     "package": package.package,
     "export": export.export,
+    "benchmark": benchmark.main,
 }
 
 if __name__ == "__main__":

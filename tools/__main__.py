@@ -7,7 +7,7 @@ failure by raising ``SystemExit(code)`` after printing what went wrong.
 
 import fire
 
-from tools import benchmark, export, package, prepare, synthetic
+from tools import bench_memory, benchmark, export, package, prepare, synthetic
 
 COMMANDS = {
     "prepare": prepare.prepare,
@@ -17,6 +17,7 @@ COMMANDS = {
     "package": package.package,
     "export": export.export,
     "benchmark": benchmark.main,
+    "memory": bench_memory.memory,
 }
 
 if __name__ == "__main__":

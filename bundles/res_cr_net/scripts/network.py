@@ -13,15 +13,21 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .cxrseg.nets import BiConvLSTM
 
 LEAKY_SLOPE = 0.1
 
 
-def leaky_relu() -> nn.LeakyReLU:
-    """The activation used throughout Res-CR-Net (slope 0.1, as in the authors' code)."""
-    return nn.LeakyReLU(LEAKY_SLOPE)
+def leaky_relu(inplace: bool = False) -> nn.LeakyReLU:
+    """The activation used throughout Res-CR-Net (slope 0.1, as in the authors' code).
+
+    ``inplace`` where the input is a fresh batch-norm or convolution output that nothing else reads: their
+    backward passes need their inputs, not their outputs, and a leaky ReLU with a positive slope can be
+    differentiated from its own output, so overwriting saves one feature map per activation in training.
+    """
+    return nn.LeakyReLU(LEAKY_SLOPE, inplace=inplace)
 
 
 class SeparableConv2d(nn.Sequential):
@@ -48,7 +54,7 @@ class AtrousBranch(nn.Sequential):
         super().__init__(
             SeparableConv2d(in_channels, filters, kernel_size, dilation),
             nn.BatchNorm2d(filters),
-            leaky_relu(),
+            leaky_relu(inplace=True),
             SeparableConv2d(filters, filters, kernel_size, dilation),
         )
 
@@ -74,7 +80,7 @@ class ConvResBlock(nn.Module):
             raise ValueError(f"one dilation per kernel size needed, got {list(kernel_sizes)} and {list(dilations)}")
         out_channels = filters * len(kernel_sizes)
         self.pre_activation = (
-            nn.Sequential(nn.BatchNorm2d(in_channels), leaky_relu()) if pre_activation else nn.Identity()
+            nn.Sequential(nn.BatchNorm2d(in_channels), leaky_relu(inplace=True)) if pre_activation else nn.Identity()
         )
         self.branches = nn.ModuleList(
             AtrousBranch(in_channels, filters, kernel, dilation) for kernel, dilation in zip(kernel_sizes, dilations)
@@ -121,6 +127,12 @@ class ResCRNet(nn.Module):
     parameters, 0.8 % below the 59,165 the paper reports; see the model card for why 5 and not 4 blocks.
     Without LSTM RES blocks the last step is the 1x1 projection with activation of the authors' code; with
     them, the first LSTM RES block's own projection takes its place.
+
+    ``checkpoint_levels`` trades compute for memory in training: each convolutional level's activations are
+    recomputed in the backward pass instead of kept (``torch.utils.checkpoint``), since at full resolution
+    without pooling they are what fills the memory. The dropout masks are reproduced exactly; batch-norm
+    running statistics see each batch twice (momentum 0.1 acts like 0.19), which only changes the
+    statistics used at evaluation slightly. Evaluation and exports are unaffected.
     """
 
     def __init__(
@@ -134,8 +146,10 @@ class ResCRNet(nn.Module):
         dilations: Sequence[int] = (1, 3, 5),
         dropout: float = 0.05,
         lstm_kernel_size: int = 3,
+        checkpoint_levels: bool = False,
     ) -> None:
         super().__init__()
+        self.checkpoint_levels = checkpoint_levels
         if conv_blocks < 0 or lstm_blocks < 0:
             raise ValueError(f"block counts must be non-negative, got {conv_blocks} conv and {lstm_blocks} LSTM blocks")
         levels = [ConvResBlock(in_channels, filters, kernel_sizes, dilations, pre_activation=False, dropout=dropout)]
@@ -151,4 +165,8 @@ class ResCRNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map (batch, in_channels, rows, cols) to class logits (batch, num_classes, rows, cols)."""
+        if not torch.jit.is_scripting() and self.checkpoint_levels and self.training and torch.is_grad_enabled():
+            for level in self.conv_levels:
+                x = checkpoint(level, x, use_reentrant=False)
+            return self.head(x)
         return self.head(self.conv_levels(x))

@@ -43,7 +43,7 @@ LARGE_SIDE = 2048
 LARGE_REPEATS = 3
 INFERENCE_LIMIT = 30
 LUNG_STAGE_BUNDLE = "lung_vae"
-PROFILE_OVERRIDES = ("image_size", "lung_bundle_dir", "lung_ckpt_path")
+PROFILE_OVERRIDES = ("image_size", "lung_bundle_dir", "lung_ckpt_path", "lung_overrides")
 
 
 @dataclass(frozen=True)
@@ -153,9 +153,12 @@ def release_bundle_imports() -> None:
         sys.path.remove(path)
 
 
-def lung_stage_overrides(bundle_dir: Path, lung_weights: Path | None) -> dict[str, Any]:
+def lung_stage_overrides(
+    bundle_dir: Path, lung_weights: Path | None, lung_image_size: Sequence[int] | None = None
+) -> dict[str, Any]:
     """Overrides naming the lung model of a two-stage bundle (one whose inference has ``lung_ckpt_path``: the lung
-    bundle segments the lung field first); empty for one-stage bundles."""
+    bundle segments the lung field first), and the ``image_size`` it was trained at where that is not the one
+    of its ``inference.yaml``; empty for one-stage bundles."""
     import yaml
 
     config = yaml.safe_load((bundle_dir / "configs" / "inference.yaml").read_text(encoding="utf-8"))
@@ -163,7 +166,10 @@ def lung_stage_overrides(bundle_dir: Path, lung_weights: Path | None) -> dict[st
         return {}
     if lung_weights is None:
         raise FileNotFoundError(f"{bundle_dir.name} needs trained {LUNG_STAGE_BUNDLE} weights for its lung stage")
-    return {"lung_bundle_dir": BUNDLES_DIR / LUNG_STAGE_BUNDLE, "lung_ckpt_path": lung_weights}
+    overrides = {"lung_bundle_dir": BUNDLES_DIR / LUNG_STAGE_BUNDLE, "lung_ckpt_path": lung_weights}
+    if lung_image_size is not None:
+        overrides["lung_overrides"] = {"image_size": list(lung_image_size)}
+    return overrides
 
 
 def save_untrained_weights(bundle_dir: Path, out_file: Path, config: str = "inference.yaml") -> Path:
@@ -436,7 +442,7 @@ def run_bundle(
     record["metrics"] = _read_json(run_dir / "eval" / "metrics_summary.json")
 
     inference = {"bundle_root": bundle_dir, "ckpt_dir": ckpt_dir, "ckpt_path": ckpt_dir / "model.pt", "num_workers": 0}
-    inference |= lung_stage_overrides(bundle_dir, lung_weights)
+    inference |= lung_stage_overrides(bundle_dir, lung_weights, trained_image_size(budget, LUNG_STAGE_BUNDLE))
     inference |= {key: value for key, value in common.items() if key == "image_size"}
     entries = inference_inputs(dataset_dir, run_dir / "inference_in", INFERENCE_LIMIT)
     infer_timer = timer_config(run_dir / "timer_infer.json", "evaluator", run_dir / "timing_infer.json", False)
@@ -454,6 +460,19 @@ def run_bundle(
             {key: value for key, value in inference.items() if key in PROFILE_OVERRIDES}, large_threads,
         )
     return record
+
+
+def trained_image_size(budget: Budget, bundle: str) -> list[int] | None:
+    """The ``image_size`` a bundle was trained at in this benchmark: the budget's, else the bundle's
+    ``train.yaml`` default; None for the shipped weights, whose ``inference.yaml`` states theirs."""
+    import yaml
+
+    if not budget.train:
+        return None
+    if "image_size" in budget.overrides():
+        return budget.overrides()["image_size"]
+    config = yaml.safe_load((BUNDLES_DIR / bundle / "configs" / "train.yaml").read_text(encoding="utf-8"))
+    return config["image_size"]
 
 
 def held_out_name(overrides: Mapping[str, Any]) -> str:

@@ -63,9 +63,10 @@ class LungBundle:
 
 def load_lung_bundle(
     bundle_dir: str | Path, device: torch.device | str = "cpu", ckpt_path: str | Path | None = None,
-    config_file: str = "inference.yaml",
+    config_file: str = "inference.yaml", overrides: Mapping[str, Any] | None = None,
 ) -> LungBundle:
-    """Build the lung bundle's network (weights loaded) and transforms from its inference config."""
+    """Build the lung bundle's network (weights loaded) and transforms from its inference config, with
+    ``overrides`` of its config ids (e.g. ``{"image_size": [640, 512]}`` for weights trained at another size)."""
     bundle_dir = Path(bundle_dir).resolve()
     config_path = bundle_dir / "configs" / config_file
     if not config_path.is_file():
@@ -74,7 +75,7 @@ def load_lung_bundle(
     with bundle_imports(bundle_dir):
         parser = ConfigParser()
         parser.read_config(str(config_path))
-        parser.update({"bundle_root": str(bundle_dir), "device": f"$torch.device('{device}')"})
+        parser.update({"bundle_root": str(bundle_dir), "device": f"$torch.device('{device}')", **(overrides or {})})
         ckpt = Path(ckpt_path) if ckpt_path is not None else Path(parser.get_parsed_content("ckpt_path"))
         if not ckpt.is_file():
             raise FileNotFoundError(
@@ -108,15 +109,16 @@ class LungFieldd(MapTransform):
 
     def __init__(
         self, keys: KeysCollection, bundle_dir: str | Path, lung_key: str = "lung", device: torch.device | str = "cpu",
-        ckpt_path: str | Path | None = None,
+        ckpt_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(keys)
         self.bundle_dir, self.lung_key, self.device, self.ckpt_path = bundle_dir, lung_key, device, ckpt_path
+        self.overrides = dict(overrides or {})
         self._bundle: LungBundle | None = None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         if self._bundle is None:
-            self._bundle = load_lung_bundle(self.bundle_dir, self.device, self.ckpt_path)
+            self._bundle = load_lung_bundle(self.bundle_dir, self.device, self.ckpt_path, overrides=self.overrides)
         d = dict(data)
         for key in self.key_iterator(d):
             d[self.lung_key] = _as_lung_field(self._bundle.segment(str(d[key])), str(d[key]))

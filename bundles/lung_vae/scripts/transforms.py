@@ -9,7 +9,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from scipy import ndimage
-from skimage.morphology import binary_closing, disk
+from skimage.morphology import closing, disk
 
 
 def _with_values(original: torch.Tensor | np.ndarray, values: np.ndarray) -> torch.Tensor | np.ndarray:
@@ -39,7 +39,7 @@ class BinaryClosingd(MapTransform):
 
     def _close(self, mask: np.ndarray) -> np.ndarray:
         padded = np.pad(mask.astype(bool), self.radius)
-        closed = binary_closing(padded, self.footprint)
+        closed = closing(padded, self.footprint)
         return closed[self.radius: closed.shape[0] - self.radius, self.radius: closed.shape[1] - self.radius]
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:

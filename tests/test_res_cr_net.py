@@ -104,6 +104,28 @@ def test_scripted_network_matches_eager(scripts) -> None:
         torch.testing.assert_close(torch.jit.script(network)(example), network(example))
 
 
+def test_checkpointed_levels_give_the_same_training_step(scripts) -> None:
+    """Recomputing the levels in the backward pass (less memory) changes neither the loss nor a gradient, the
+    dropout masks included; the scripted network ignores the switch."""
+    torch.manual_seed(0)
+    plain = scripts.network.ResCRNet(lstm_blocks=1).train()
+    checkpointed = scripts.network.ResCRNet(lstm_blocks=1, checkpoint_levels=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    x, target = torch.rand(2, 3, 24, 20), torch.randint(0, 2, (2, 24, 20))
+    losses = []
+    for network in (plain, checkpointed):
+        torch.manual_seed(1)
+        loss = torch.nn.functional.cross_entropy(network(x), target)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == losses[1]
+    for (name, first), second in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(first.grad, second.grad, atol=0.0, rtol=0.0, msg=name)
+    scripted = torch.jit.script(checkpointed.eval())
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), checkpointed(x))
+
+
 def test_negative_block_counts_are_rejected(scripts) -> None:
     with pytest.raises(ValueError, match="non-negative"):
         scripts.network.ResCRNet(conv_blocks=-1)

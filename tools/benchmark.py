@@ -345,9 +345,11 @@ def _timed_transforms(transforms: Sequence[Any], item: dict, stage: str, times: 
 
 
 def stage_profile(
-    bundle_dir: Path, image: Path, weights: Path, overrides: Mapping[str, Any], threads: int, repeats: int = 2
+    bundle_dir: Path, image: Path, weights: Path, overrides: Mapping[str, Any], threads: int, out_dir: Path,
+    repeats: int = 2,
 ) -> dict[str, dict[str, float]]:
-    """Where the time of one inference goes, in-process, with the bundle's own ``inference.yaml`` objects.
+    """Where the time of one inference goes, in-process, with the bundle's own ``inference.yaml`` objects; the
+    label map is written into ``out_dir``.
 
     Returns milliseconds per stage (read, preprocess, network, postprocess, write_png, total) and per transform;
     each the best of ``repeats`` runs (the first warms up).
@@ -376,7 +378,7 @@ def stage_profile(
             post = getattr(postprocessing, "transforms", [postprocessing])
             item = _timed_transforms(post, item, "postprocess", steps)
             start = time.perf_counter()
-            Image.fromarray(to_label_map(item["pred"])).save(Path(weights).parent / "profile_seg.png")
+            Image.fromarray(to_label_map(item["pred"])).save(out_dir / "profile_seg.png")
             steps["write_png"] = time.perf_counter() - start
             best = {key: min(value, best.get(key, value)) for key, value in steps.items()}
     finally:
@@ -458,6 +460,7 @@ def run_bundle(
         record["large_profile_ms"] = stage_profile(
             bundle_dir, large_dir / "large_0.png", ckpt_dir / "model.pt",
             {key: value for key, value in inference.items() if key in PROFILE_OVERRIDES}, large_threads,
+            run_dir / "large_out",
         )
     return record
 

@@ -89,7 +89,10 @@ class FitResized(MapTransform, InvertibleTransform):
 
     MONAI's ``Resized`` either squashes to a fixed size or scales the longest side; a radiograph of any
     shape must fit a ``(rows, cols)`` box without distortion, then be padded (``SpatialPadd``) to it.
-    Interpolating modes are anti-aliased when shrinking; nearest-neighbour (label) keys never are.
+    Interpolating keys that shrink are averaged over the area each output pixel covers ("area" mode), which
+    is anti-aliased and takes a few milliseconds for a 2048 x 2048 radiograph, where MONAI's Gaussian
+    ``anti_aliasing`` takes most of a second; keys that grow use ``mode``. Nearest-neighbour (label) keys
+    are never smoothed.
     """
 
     def __init__(
@@ -102,15 +105,16 @@ class FitResized(MapTransform, InvertibleTransform):
         super().__init__(keys, allow_missing_keys)
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.mode = ensure_tuple_rep(mode, len(self.keys))
-        self.anti_aliasing = tuple(m not in ("nearest", "nearest-exact") for m in self.mode)
         self._resizer = Resize(spatial_size=self.spatial_size)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
-        for key, mode, anti_aliasing in self.key_iterator(d, self.mode, self.anti_aliasing):
-            size = fit_size(d[key].shape[-2:], self.spatial_size)
-            resizer = Resize(spatial_size=size, mode=mode, anti_aliasing=anti_aliasing)
-            d[key] = resizer(d[key])
+        for key, mode in self.key_iterator(d, self.mode):
+            shape = tuple(d[key].shape[-2:])
+            size = fit_size(shape, self.spatial_size)
+            shrinks = size[0] < shape[0] and size[1] < shape[1]
+            interpolating = mode not in ("nearest", "nearest-exact")
+            d[key] = Resize(spatial_size=size, mode="area" if shrinks and interpolating else mode)(d[key])
         return d
 
     def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:

@@ -69,3 +69,12 @@ def test_fit_resize_does_not_blur_labels() -> None:
     label[:, 40:60, 40:60] = 2
     resized = FitResized("label", (50, 50), mode="nearest")({"label": MetaTensor(label)})["label"]
     assert set(resized.unique().tolist()) == {0.0, 2.0}
+
+
+def test_fit_resize_averages_when_shrinking() -> None:
+    """A one-pixel checkerboard shrunk 16 times is uniform grey: no aliasing (a plain bilinear resize samples
+    it into a pattern of black and white)."""
+    board = torch.from_numpy((np.indices((512, 512)).sum(axis=0) % 2).astype(np.float32))[None]
+    small = FitResized("image", (32, 32))({"image": MetaTensor(board)})["image"]
+    assert tuple(small.shape) == (1, 32, 32)
+    torch.testing.assert_close(small, torch.full((1, 32, 32), 0.5), atol=1e-6, rtol=0)

@@ -9,7 +9,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import InvertibleTransform, MapTransform, Resize
-from monai.utils import ensure_tuple_rep
+from monai.utils import TraceKeys, ensure_tuple_rep
 
 from .io import RadiographError, read_radiograph
 
@@ -118,8 +118,12 @@ class FitResized(MapTransform, InvertibleTransform):
         return d
 
     def inverse(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Back to the input's size; what was shrunk by area averaging is enlarged with the key's ``mode``
+        (area would enlarge blockwise), unless ``Invertd`` asked for nearest neighbours."""
         d = dict(data)
-        for key in self.key_iterator(d):
+        for key, mode in self.key_iterator(d, self.mode):
             trace = self._resizer.pop_transform(d[key], check=False)
+            if trace[TraceKeys.EXTRA_INFO]["mode"] == "area":
+                trace = {**trace, TraceKeys.EXTRA_INFO: {**trace[TraceKeys.EXTRA_INFO], "mode": mode}}
             d[key] = self._resizer.inverse_transform(d[key], trace)
         return d

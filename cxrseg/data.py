@@ -118,7 +118,9 @@ def write_datalist(
     return out
 
 
-def _absolute(entry: dict, root: Path) -> dict:
+def absolute_entry(entry: dict, root: str | Path) -> dict:
+    """A datalist entry with its paths relative to the dataset folder ``root`` made absolute."""
+    root = Path(root)
     absolute = dict(entry)
     absolute["image"] = str(root / entry["image"])
     absolute["label"] = {name: str(root / path) for name, path in entry.get("label", {}).items()}
@@ -159,6 +161,6 @@ def load_split(
         splits = fold_cases(discover_cases(root), num_folds, fold, seed, patients_from_metadata(root))
     else:
         splits = split_cases(discover_cases(root), fractions, seed, patients_from_metadata(root))
-    entries = [_absolute(entry, root) for entry in splits.get(split, [])]
+    entries = [absolute_entry(entry, root) for entry in splits.get(split, [])]
     return _subset(entries, limit, seed)
 

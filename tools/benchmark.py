@@ -309,11 +309,26 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def inference_inputs(dataset_dir: Path, folder: Path, limit: int) -> list[dict]:
-    """Link the evaluation split's images (at most ``limit``) into ``folder``, the inference contract's input."""
-    from cxrseg.data import load_split
+def scored_cases(dataset_dir: str | Path, cases: Sequence[str]) -> list[dict]:
+    """Datalist entries (absolute paths) of the named cases of a prepared dataset, in the given order: the
+    cases an evaluation scored, whatever split or fold they came from."""
+    from cxrseg.data import absolute_entry, discover_cases
 
-    entries = load_split(dataset_dir, EVAL_SPLIT)[:limit]
+    by_case = {entry["case"]: entry for entry in discover_cases(dataset_dir)}
+    return [absolute_entry(by_case[case], dataset_dir) for case in cases if case in by_case]
+
+
+def evaluated_case_names(run_dir: Path) -> list[str]:
+    """The cases of the run's ``eval/metrics_per_case.csv``."""
+    import csv
+
+    with open(run_dir / "eval" / "metrics_per_case.csv", newline="", encoding="utf-8") as handle:
+        return [row["case"] for row in csv.DictReader(handle)]
+
+
+def inference_inputs(dataset_dir: Path, folder: Path, limit: int, cases: Sequence[str]) -> list[dict]:
+    """Link the images of ``cases`` (at most ``limit``) into ``folder``, the inference contract's input."""
+    entries = scored_cases(dataset_dir, cases)[:limit]
     folder.mkdir(parents=True, exist_ok=True)
     for entry in entries:
         link = folder / Path(entry["image"]).name
@@ -446,7 +461,7 @@ def run_bundle(
     inference = {"bundle_root": bundle_dir, "ckpt_dir": ckpt_dir, "ckpt_path": ckpt_dir / "model.pt", "num_workers": 0}
     inference |= lung_stage_overrides(bundle_dir, lung_weights, trained_image_size(budget, LUNG_STAGE_BUNDLE))
     inference |= {key: value for key, value in common.items() if key == "image_size"}
-    entries = inference_inputs(dataset_dir, run_dir / "inference_in", INFERENCE_LIMIT)
+    entries = inference_inputs(dataset_dir, run_dir / "inference_in", INFERENCE_LIMIT, evaluated_case_names(run_dir))
     infer_timer = timer_config(run_dir / "timer_infer.json", "evaluator", run_dir / "timing_infer.json", False)
     inference_run = {**inference, "dataset_dir": run_dir / "inference_in", "output_dir": run_dir / "inference_out"}
     if not stage("infer", [configs / "inference.yaml", infer_timer], inference_run):

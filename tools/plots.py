@@ -99,7 +99,7 @@ def dice_boxplots(records: Sequence[Mapping[str, Any]], out_file: Path) -> Path 
     for position, (_, values) in enumerate(groups, start=1):
         axis.scatter(position + jitter.uniform(-0.12, 0.12, len(values)), values, s=8, alpha=0.6, color="tab:blue")
     axis.set_xticks(range(1, len(groups) + 1), [name for name, _ in groups], fontsize=8)
-    axis.set(ylabel="Dice per case", title="per-case Dice (test split)", ylim=(min(0.0, axis.get_ylim()[0]), 1.02))
+    axis.set(ylabel="Dice per case", title="per-case Dice (held-out cases)", ylim=(min(0.0, axis.get_ylim()[0]), 1.02))
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     figure.savefig(out_file, dpi=110)
@@ -119,7 +119,7 @@ def worst_cases(records: Sequence[Mapping[str, Any]], out_file: Path, count: int
     """A sheet of each bundle's ``count`` lowest mean-Dice cases: reference outlines green, prediction red."""
     from PIL import Image
 
-    from cxrseg.data import load_split
+    from tools.benchmark import scored_cases
 
     panels = []
     for record in records:
@@ -127,7 +127,7 @@ def worst_cases(records: Sequence[Mapping[str, Any]], out_file: Path, count: int
         columns = dice_columns(rows)
         if not columns:
             continue
-        entries = {e["case"]: e for e in load_split(record["dataset"], "test")}
+        entries = {e["case"]: e for e in scored_cases(record["dataset"], [row["case"] for row in rows])}
         ranked = sorted(rows, key=lambda r: np.mean([float(r[c]) for c in columns]))
         chosen = [r for r in ranked if (run_dir / "inference_out" / f"{r['case']}_seg.png").is_file()][:count]
         for row in chosen:

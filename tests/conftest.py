@@ -12,6 +12,7 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from monai.utils import set_determinism
 
 from cxrseg.bundle import bundle_imports
 
@@ -77,6 +78,9 @@ def train_bundle(bundle_dir: Path, validate_first: bool = False, **overrides: An
             bundle_root=str(bundle_dir), device="$torch.device('cpu')", **overrides,
         )
         workflow.initialize()
+        # seeded before the engines (and the network in them) are built, as `run` seeds before building them
+        # under `python -m monai.bundle run`; unseeded, the initial weights would differ from run to run
+        set_determinism(seed=workflow.parser.get_parsed_content("seed"))
         trainer = workflow.parser.get_parsed_content("train#trainer")
         evaluator = workflow.parser.get_parsed_content("validate#evaluator")
         trainer.add_event_handler(

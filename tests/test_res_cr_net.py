@@ -300,12 +300,13 @@ def test_native_inference_keeps_the_aspect_ratio(scripts, phantom_dir: Path, tmp
 @pytest.mark.realdata
 def test_short_jsrt_training_lowers_loss_and_raises_dice(jsrt_dir: Path, tmp_path: Path) -> None:
     """16 JSRT training cases at 64x72 (the paper's aspect ratio, 1/4.7 of its size), 8 validation cases,
-    8 epochs of batches of 8 at the bundle's learning rate (1e-3) on one CPU core: the mean epoch loss falls
-    and validation Dice rises. (At 3e-3 this tiny run sometimes collapsed to "no lung" after epoch 1.)"""
+    8 epochs of batches of 4 (32 steps) at learning rate 3e-3 on one CPU core: the mean epoch loss falls and
+    validation Dice rises (0.00 -> 0.72 here). Validation Dice stays near 0 for the first epochs, until the
+    batch-norm running statistics have caught up."""
     torch.set_num_threads(1)
     record = train_bundle(
         BUNDLE_DIR, dataset_dir=str(jsrt_dir), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"),
-        image_size=[64, 72], train_size=16, epochs=8, batch_size=8, num_workers=0,
+        image_size=[64, 72], train_size=16, epochs=8, batch_size=4, num_workers=0, learning_rate=0.003,
         **{"validate#dataset#data#limit": 8},
     )
     assert len(record.epoch_losses) == len(record.val_dice) == 8

@@ -25,7 +25,8 @@ import pytest
 import torch
 
 from conftest import BUNDLES_DIR, REPO_ROOT
-from tools.benchmark import monai_run, override_arguments, parse_bundle_config, release_bundle_imports, subprocess_env
+from cxrseg.bundle import bundle_imports
+from tools.benchmark import monai_run, override_arguments, parse_bundle_config, subprocess_env
 
 BUNDLE = "res_cr_net"
 EPOCHS = 4
@@ -92,8 +93,8 @@ def test_a_checkpoint_write_killed_midway_leaves_a_loadable_checkpoint(
     overrides = training_overrides(phantom_dir, tmp_path, epochs=1) | {"val_interval": val_interval}
     del overrides["train#checkpoint_saver#n_saved"]
     overrides = {key: str(value) if isinstance(value, Path) else value for key, value in overrides.items()}
-    parser = parse_bundle_config(BUNDLES_DIR / BUNDLE, "train.yaml", overrides)
-    try:
+    with bundle_imports(BUNDLES_DIR / BUNDLE):
+        parser = parse_bundle_config(BUNDLES_DIR / BUNDLE, "train.yaml", overrides)
         trainer = parser.get_parsed_content("train#trainer")
         parser.get_parsed_content("train#checkpoint_saver").attach(trainer)
         trainer.run()
@@ -112,8 +113,6 @@ def test_a_checkpoint_write_killed_midway_leaves_a_loadable_checkpoint(
         trainer.state.max_epochs = 2
         with pytest.raises(KeyboardInterrupt):
             trainer.run()
-    finally:
-        release_bundle_imports()
     monkeypatch.undo()
     for path in sorted((tmp_path / "models").glob("*.pt")):
         try:

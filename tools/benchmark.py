@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from cxrseg.bundle import bundle_imports
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -131,26 +133,16 @@ def monai_run(
 
 
 def parse_bundle_config(bundle_dir: Path, config: str, overrides: Mapping[str, Any] | None = None) -> Any:
-    """A ``ConfigParser`` of one of the bundle's configs with its ``scripts`` importable (call
-    :func:`release_bundle_imports` when done, before reading another bundle)."""
+    """A ``ConfigParser`` of one of the bundle's configs with ``bundle_root`` and ``overrides`` set; use it
+    inside :func:`cxrseg.bundle.bundle_imports` of the same bundle, which makes its ``scripts`` importable."""
     from monai.bundle import ConfigParser
 
-    release_bundle_imports()
-    sys.path.insert(0, str(bundle_dir))
     parser = ConfigParser()
     parser.read_config(str(bundle_dir / "configs" / config))
     parser["bundle_root"] = str(bundle_dir)
     for key, value in (overrides or {}).items():
         parser[key] = value
     return parser
-
-
-def release_bundle_imports() -> None:
-    """Forget every bundle's ``scripts`` package: all bundles name their code ``scripts``."""
-    for name in [n for n in sys.modules if n == "scripts" or n.startswith("scripts.")]:
-        del sys.modules[name]
-    for path in [p for p in sys.path if Path(p).parent == BUNDLES_DIR]:
-        sys.path.remove(path)
 
 
 def lung_stage_overrides(
@@ -177,10 +169,8 @@ def save_untrained_weights(bundle_dir: Path, out_file: Path, config: str = "infe
     handling, where the weights do not matter."""
     import torch
 
-    try:
+    with bundle_imports(bundle_dir):
         network = parse_bundle_config(bundle_dir, config).get_parsed_content("network_def")
-    finally:
-        release_bundle_imports()
     out_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), out_file)
     return out_file
@@ -374,31 +364,31 @@ def stage_profile(
 
     from cxrseg.inference import to_label_map
 
-    parser = parse_bundle_config(bundle_dir, "inference.yaml", {**overrides, "device": "$torch.device('cpu')"})
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        preprocessing, network = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("network")
-        postprocessing, inferer = parser.get_parsed_content("postprocessing"), parser.get_parsed_content("inferer")
-        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        network.eval()
-        best: dict[str, float] = {}
-        for _ in range(repeats):
-            steps: dict[str, float] = {}
-            item = _timed_transforms(preprocessing.transforms, {"image": str(image)}, "preprocess", steps)
-            start = time.perf_counter()
-            with torch.no_grad():
-                item["pred"] = inferer(item["image"][None], network)[0]
-            steps["network"] = time.perf_counter() - start
-            post = getattr(postprocessing, "transforms", [postprocessing])
-            item = _timed_transforms(post, item, "postprocess", steps)
-            start = time.perf_counter()
-            Image.fromarray(to_label_map(item["pred"])).save(out_dir / "profile_seg.png")
-            steps["write_png"] = time.perf_counter() - start
-            best = {key: min(value, best.get(key, value)) for key, value in steps.items()}
+        with bundle_imports(bundle_dir):
+            parser = parse_bundle_config(bundle_dir, "inference.yaml", {**overrides, "device": "$torch.device('cpu')"})
+            preprocessing, network = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("network")
+            postprocessing, inferer = parser.get_parsed_content("postprocessing"), parser.get_parsed_content("inferer")
+            network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+            network.eval()
+            best: dict[str, float] = {}
+            for _ in range(repeats):
+                steps: dict[str, float] = {}
+                item = _timed_transforms(preprocessing.transforms, {"image": str(image)}, "preprocess", steps)
+                start = time.perf_counter()
+                with torch.no_grad():
+                    item["pred"] = inferer(item["image"][None], network)[0]
+                steps["network"] = time.perf_counter() - start
+                post = getattr(postprocessing, "transforms", [postprocessing])
+                item = _timed_transforms(post, item, "postprocess", steps)
+                start = time.perf_counter()
+                Image.fromarray(to_label_map(item["pred"])).save(out_dir / "profile_seg.png")
+                steps["write_png"] = time.perf_counter() - start
+                best = {key: min(value, best.get(key, value)) for key, value in steps.items()}
     finally:
         torch.set_num_threads(previous_threads)
-        release_bundle_imports()
     stages = {name: sum(v for k, v in best.items() if k.split(":")[0] == name)
               for name in ("preprocess", "network", "postprocess", "write_png")}
     stages["total"] = sum(stages.values())

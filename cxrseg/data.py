@@ -18,8 +18,11 @@ import numpy as np
 from .io import SUPPORTED_SUFFIXES
 
 SPLITS = ("training", "validation", "test")
+ALL_CASES = "all"
 DEFAULT_FRACTIONS = (0.7, 0.15, 0.15)
 DATALIST_NAME = "datalist.json"
+# datalist key naming the dataset (hospital) an entry comes from
+SOURCE_KEY = "source"
 PATIENT_COLUMNS = ("patientid", "patient_id", "patient")
 
 
@@ -136,7 +139,7 @@ def _subset(entries: list[dict], limit: int | None, seed: int) -> list[dict]:
 
 
 def load_split(
-    dataset_dir: str | Path,
+    dataset_dir: str | Path | Sequence[str | Path],
     split: str,
     limit: int | None = None,
     datalist: str | Path | None = None,
@@ -147,20 +150,53 @@ def load_split(
 ) -> list[dict]:
     """Entries of one split with absolute paths, for ``train#dataset#data`` and friends.
 
-    The split comes from ``datalist`` (or ``<dataset_dir>/datalist.json``) when present, otherwise it is
-    derived from the layout with ``fractions`` and ``seed`` (or, with ``num_folds``, cross-validation fold
-    ``fold``). ``limit`` keeps a deterministic subset, e.g. for few-shot training.
+    ``dataset_dir`` is one prepared dataset or a list of them (several hospitals trained as one). Each source
+    is split on its own, by patient, and every entry is tagged with ``source`` (the folder's name), so that
+    validation can report each hospital separately. The split comes from ``datalist`` (or
+    ``<dataset_dir>/datalist.json``) when present, otherwise it is derived from the layout with ``fractions``
+    and ``seed`` (or, with ``num_folds``, cross-validation fold ``fold``); ``split="all"`` takes every case of
+    the source, e.g. to score a hospital that training never saw. ``limit`` keeps a deterministic subset of
+    the pooled entries, e.g. for few-shot training.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    root = Path(dataset_dir)
-    datalist_file = Path(datalist) if datalist is not None else root / DATALIST_NAME
-    if num_folds is None and datalist_file.is_file():
-        splits = json.loads(datalist_file.read_text(encoding="utf-8"))
-    elif num_folds is not None:
-        splits = fold_cases(discover_cases(root), num_folds, fold, seed, patients_from_metadata(root))
-    else:
-        splits = split_cases(discover_cases(root), fractions, seed, patients_from_metadata(root))
-    entries = [absolute_entry(entry, root) for entry in splits.get(split, [])]
+    if split not in SPLITS + (ALL_CASES,):
+        raise ValueError(f"split must be one of {SPLITS + (ALL_CASES,)}, got {split!r}")
+    sources = [dataset_dir] if isinstance(dataset_dir, (str, Path)) else list(dataset_dir)
+    if not sources:
+        raise ValueError("dataset_dir is an empty list: name at least one prepared dataset")
+    if datalist is not None and len(sources) > 1:
+        raise ValueError("datalist names one file, so it needs one dataset_dir, got several")
+    entries = [
+        entry
+        for source in sources
+        for entry in _source_split(Path(source), split, datalist, fractions, seed, num_folds, fold)
+    ]
     return _subset(entries, limit, seed)
 
+
+def _source_split(
+    root: Path,
+    split: str,
+    datalist: str | Path | None,
+    fractions: Sequence[float],
+    seed: int,
+    num_folds: int | None,
+    fold: int,
+) -> list[dict]:
+    """One source's entries of ``split``, absolute and tagged with the source's name."""
+    datalist_file = Path(datalist) if datalist is not None else root / DATALIST_NAME
+    if split == ALL_CASES:
+        cases = discover_cases(root)
+    else:
+        if num_folds is None and datalist_file.is_file():
+            splits = json.loads(datalist_file.read_text(encoding="utf-8"))
+        elif num_folds is not None:
+            splits = fold_cases(discover_cases(root), num_folds, fold, seed, patients_from_metadata(root))
+        else:
+            splits = split_cases(discover_cases(root), fractions, seed, patients_from_metadata(root))
+        cases = splits.get(split, [])
+    return [absolute_entry(entry, root) | {SOURCE_KEY: source_name(root)} for entry in cases]
+
+
+def source_name(dataset_dir: str | Path) -> str:
+    """The name a dataset is reported under: its folder's name (``.../shared/data/montgomery`` -> montgomery)."""
+    return Path(dataset_dir).resolve().name

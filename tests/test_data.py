@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrseg.data import discover_cases, load_split, split_cases, write_datalist
+from cxrseg.data import SOURCE_KEY, discover_cases, load_split, split_cases, write_datalist
 
 
 def make_dataset(root: Path, cases: int = 20, patients: int | None = None) -> Path:
@@ -80,3 +80,21 @@ def test_jsrt_split_covers_all_cases(jsrt_dir: Path) -> None:
     cases = [e["case"] for s in ("training", "validation", "test") for e in load_split(jsrt_dir, s)]
     assert len(cases) == len(set(cases)) == 200
     assert set(load_split(jsrt_dir, "validation")[0]["label"]) >= {"left_lung", "right_lung", "heart"}
+
+
+def test_several_sources_are_split_each_by_patient_and_tagged(tmp_path: Path) -> None:
+    """Two hospitals as one training set: each is split on its own (the same cases as alone), every entry
+    names its source, and "all" takes a whole hospital (the leave-one-source-out test set)."""
+    first = make_dataset(tmp_path / "first", cases=20, patients=10)
+    second = make_dataset(tmp_path / "second", cases=12)
+    for split in ("training", "validation", "test"):
+        pooled = load_split([first, second], split)
+        alone = load_split(first, split) + load_split(second, split)
+        assert [e["image"] for e in pooled] == [e["image"] for e in alone]
+        assert {e[SOURCE_KEY] for e in pooled} <= {"first", "second"}
+        assert all(e[SOURCE_KEY] == Path(e["image"]).parents[1].name for e in pooled)
+    assert len(load_split([second], "all")) == 12
+    with pytest.raises(ValueError, match="empty list"):
+        load_split([], "training")
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_split(first, "train")

@@ -24,6 +24,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.metrics import compute_hausdorff_distance
 
+from .data import SOURCE_KEY
 from .inference import to_label_map
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,11 @@ class MetricsWriter:
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [None] * len(output)
         for item, batch_item in zip(output, batch):
             pred, reference = to_label_map(item["pred"]), to_label_map(item["label"])
-            row: dict[str, Any] = {"case": self._case_name(item, batch_item), "pixels": int(reference.size)}
+            row: dict[str, Any] = {
+                "case": self._case_name(item, batch_item),
+                SOURCE_KEY: (batch_item or {}).get(SOURCE_KEY, ""),
+                "pixels": int(reference.size),
+            }
             self.rows.append(row | case_metrics(pred, reference, self.label_names))
 
     def _write(self, engine: Engine) -> None:
@@ -154,5 +159,51 @@ class MetricsWriter:
             writer.writeheader()
             writer.writerows(self.rows)
         summary = summarize(self.rows, self.label_names)
+        sources = sorted({row[SOURCE_KEY] for row in self.rows if row[SOURCE_KEY]})
+        if len(sources) > 1:
+            summary["sources"] = {
+                source: summarize([r for r in self.rows if r[SOURCE_KEY] == source], self.label_names)
+                for source in sources
+            }
         (self.output_dir / f"{self.prefix}_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         logger.info("evaluation of %d cases: mean Dice %s; written to %s", len(self.rows), summary["mean_dice"], per_case)
+
+
+class PerSourceDice:
+    """Validation handler: mean Dice per source (hospital) and label, as ``engine.state.metrics`` entries
+    ``val_dice/<source>`` (mean over labels) and ``val_dice/<source>/<label>``.
+
+    A model trained on several hospitals can gain on the largest while losing on the others; the pooled key
+    metric hides that, so every validation also reports each source. Only labels the reference contains are
+    scored (a source without heart masks gets no heart score), as MONAI's ``MeanDice`` does with
+    ``ignore_empty``. Attach it before ``StatsHandler`` and ``TensorBoardStatsHandler`` (list it first among
+    the evaluator's handlers) so that they log its entries.
+    """
+
+    def __init__(self, label_names: Sequence[str], prefix: str = "val_dice") -> None:
+        self.label_names = list(label_names)
+        self.prefix = prefix
+        self.scores: dict[tuple[str, str], list[float]] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.scores.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+
+    def _collect(self, engine: Engine) -> None:
+        output = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [{}] * len(output)
+        for item, batch_item in zip(output, batch):
+            source = str((batch_item or {}).get(SOURCE_KEY) or "all")
+            pred, reference = to_label_map(item["pred"]), to_label_map(item["label"])
+            for value, name in enumerate(self.label_names[1:], start=1):
+                if (reference == value).any():
+                    score = binary_metrics(pred == value, reference == value)["dice"]
+                    self.scores.setdefault((source, name), []).append(score)
+
+    def _publish(self, engine: Engine) -> None:
+        for source in sorted({source for source, _ in self.scores}):
+            per_label = {name: float(np.mean(v)) for (s, name), v in self.scores.items() if s == source}
+            for name, score in per_label.items():
+                engine.state.metrics[f"{self.prefix}/{source}/{name}"] = score
+            engine.state.metrics[f"{self.prefix}/{source}"] = float(np.mean(list(per_label.values())))

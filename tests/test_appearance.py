@@ -1,0 +1,91 @@
+"""Augmentation for other hospitals' radiographs (cxrseg/appearance.py) and per-source validation scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ignite.engine import Engine
+from monai.transforms import Compose
+from monai.utils import set_determinism
+
+from cxrseg.appearance import RandBorderd, RandBurnedInMarksd, hospital_augmentation
+from cxrseg.evaluation import PerSourceDice
+
+
+def lung_case(size: int = 64) -> dict[str, torch.Tensor]:
+    """A radiograph-like image in [0, 1] whose two dark lungs are exactly the label."""
+    label = torch.zeros(1, size, size)
+    label[:, 12:52, 8:28] = 1
+    label[:, 12:52, 36:56] = 1
+    image = 0.8 - 0.6 * label + 0.05 * torch.rand(1, size, size)
+    return {"image": image, "label": label}
+
+
+def test_marks_change_some_pixels_to_an_extreme_and_leave_the_label() -> None:
+    case = lung_case()
+    marked = RandBurnedInMarksd(keys="image", prob=1.0)
+    marked.set_random_state(3)
+    out = marked(dict(case))
+    changed = out["image"] != case["image"]
+    assert 0 < changed.sum() < 0.2 * changed.numel()
+    extremes = {case["image"].max().item(), case["image"].min().item()}
+    assert {round(v, 6) for v in out["image"][changed].unique().tolist()} <= {round(v, 6) for v in extremes}
+    assert torch.equal(out["label"], case["label"])
+
+
+def test_border_bands_run_along_the_edges() -> None:
+    case = lung_case()
+    border = RandBorderd(keys="image", prob=1.0, width=(0.1, 0.1))
+    border.set_random_state(0)
+    out = border(dict(case))["image"][0]
+    bands = [out[:6].flatten(), out[-6:].flatten(), out[:, :6].flatten(), out[:, -6:].flatten()]
+    uniform_bands = [b for b in bands if torch.all(b == b[0])]
+    assert uniform_bands, "at least one side is a uniform band"
+    assert torch.equal(out[20:44, 20:44], case["image"][0, 20:44, 20:44]), "the centre is untouched"
+
+
+def test_hospital_augmentation_keeps_image_and_label_aligned() -> None:
+    """Whatever the field of view does, the dark lung pixels stay where the label is."""
+    set_determinism(0)
+    chain = Compose(hospital_augmentation(image_size=(64, 64), prob=1.0))
+    chain.set_random_state(5)
+    for _ in range(5):
+        case = lung_case()
+        case["image"] = case["label"].clone()
+        out = chain(case)
+        assert out["image"].shape == out["label"].shape == (1, 64, 64)
+        assert set(out["label"].unique().tolist()) <= {0.0, 1.0}
+    geometric = Compose(hospital_augmentation(image_size=(64, 64), prob=1.0)[:2])
+    geometric.set_random_state(7)
+    case = lung_case()
+    case["image"] = case["label"].clone()
+    out = geometric(case)
+    disagreement = ((out["image"] > 0.5) != (out["label"] > 0.5)).float().mean()
+    assert out["label"].sum() != case["label"].sum(), "the field of view changed"
+    assert disagreement < 0.02
+    set_determinism(None)
+
+
+def test_per_source_dice_scores_each_hospital_and_only_annotated_labels() -> None:
+    """Source a: lung Dice 1 and 2/3, heart Dice 0; source b: lung 1, no heart reference (not scored)."""
+    engine = Engine(lambda e, b: None)
+    handler = PerSourceDice(label_names=["background", "lungs", "heart"])
+    handler.attach(engine)
+
+    def item(pred: list[int], label: list[int]) -> dict[str, torch.Tensor]:
+        return {"pred": torch.tensor([pred, pred]).T[None], "label": torch.tensor([label, label]).T[None]}
+
+    outputs = [item([1, 1, 0, 0], [1, 1, 0, 0]), item([1, 0, 2, 0], [1, 1, 0, 2]), item([1, 2, 0, 0], [1, 0, 0, 0])]
+    batch = [{"source": "a"}, {"source": "a"}, {"source": "b"}]
+    engine.state.metrics = {}
+    engine.state.output, engine.state.batch = outputs, batch
+    handler.scores.clear()
+    handler._collect(engine)
+    handler._publish(engine)
+    metrics = engine.state.metrics
+    assert metrics["val_dice/a/lungs"] == pytest.approx((1 + 2 / 3) / 2)
+    assert metrics["val_dice/a/heart"] == pytest.approx(0.0)
+    assert metrics["val_dice/b/lungs"] == pytest.approx(1.0)
+    assert "val_dice/b/heart" not in metrics
+    assert metrics["val_dice/a"] == pytest.approx(np.mean([(1 + 2 / 3) / 2, 0.0]))

@@ -34,15 +34,21 @@ class LoadLabelMapd(MapTransform):
     1, 2, ..., the structures united into that class (e.g. ``[["left_lung", "right_lung", "lungs"], ["heart"]]``);
     structures an entry lacks are skipped, so one config serves datasets with separate or joint lung masks.
     When the image is already loaded, every mask must have its size.
+
+    With ``annotated_key``, the entry also gets a boolean vector ``(1 + len(classes),)`` saying which label
+    values its masks define: background always, class ``i`` when the entry has a mask of any of its
+    structures. A hospital without heart masks then says "heart unknown", not "heart absent", and a loss that
+    marginalises unknown classes (attention_bcdunet's) can learn lungs from it without learning "no heart".
     """
 
     def __init__(
         self, keys: KeysCollection, classes: Sequence[Sequence[str]], image_key: str = "image",
-        allow_missing_keys: bool = False,
+        annotated_key: str | None = None, allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.classes = [list(structures) for structures in classes]
         self.image_key = image_key
+        self.annotated_key = annotated_key
 
     def _class_mask(self, paths: Mapping[str, str], structures: Sequence[str], shape: tuple[int, int] | None):
         mask = None
@@ -75,6 +81,9 @@ class LoadLabelMapd(MapTransform):
                 raise RadiographError(str(d.get(self.image_key, "?")), f"no mask for any of the classes {self.classes}")
             label = build_label_map(masks, shape)
             d[key] = MetaTensor(torch.from_numpy(label[None]), meta={"filename_or_obj": str(d.get(self.image_key))})
+            if self.annotated_key is not None:
+                annotated = [True] + [any(s in paths for s in structures) for structures in self.classes]
+                d[self.annotated_key] = torch.tensor(annotated)
         return d
 
 

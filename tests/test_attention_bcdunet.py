@@ -157,6 +157,56 @@ def test_false_negatives_cost_more_than_false_positives(scripts) -> None:
     assert missed > extra
 
 
+def test_unannotated_heart_is_marginalised_into_background_by_hand(scripts) -> None:
+    """Two pixels, classes (background, lungs, heart), the heart not annotated (NaN channel): probabilities
+    [0.5, 0.2, 0.3] and [0.1, 0.8, 0.1], pixel 0 not lung, pixel 1 lung. Background merges with heart:
+    p = [0.8, 0.2], g = [1, 0], TI_0 = 1.8 / (0.8 + 0.6 * 0.2 + 0.4 * 0.2 + 1) = 0.9; lungs p = [0.2, 0.8],
+    g = [0, 1], TI_1 = 0.9; heart contributes nothing (TI_2 = 1 / 1). FTL = 2 * 0.1 ** (1 / 0.675) = 0.066006.
+    Read as "no heart" instead, the same prediction costs 0.16810 (background TI 1.5 / 1.84, lungs 0.9, heart
+    TI 1 / 1.16), teaching a hospital without heart masks to erase the heart."""
+    loss = scripts.losses.FocalTverskyLoss(softmax=False)
+    probabilities = torch.tensor([[[[0.5, 0.1]], [[0.2, 0.8]], [[0.3, 0.1]]]])
+    unannotated = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]], [[float("nan"), float("nan")]]]])
+    as_absent = torch.nan_to_num(unannotated)
+    assert loss(probabilities, unannotated).item() == pytest.approx(0.066006, abs=1e-5)
+    assert loss(probabilities, as_absent).item() == pytest.approx(0.16810, abs=1e-4)
+
+
+def test_annotated_cases_are_unchanged_by_marginalisation_and_heart_pools_over_annotated_cases(scripts) -> None:
+    """In a batch of an annotated and an unannotated case, the heart's index is the annotated case's alone."""
+    loss = scripts.losses.FocalTverskyLoss(softmax=False)
+    annotated = torch.tensor([[[[0.6, 0.1]], [[0.1, 0.1]], [[0.3, 0.8]]]])
+    annotated_target = torch.tensor([[[[1.0, 0.0]], [[0.0, 0.0]], [[0.0, 1.0]]]])
+    other = torch.tensor([[[[0.2, 0.2]], [[0.1, 0.7]], [[0.7, 0.1]]]])
+    other_target = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]], [[float("nan"), float("nan")]]]])
+    probabilities, targets = torch.cat([annotated, other]), torch.cat([annotated_target, other_target])
+    merged_p, merged_g = scripts.losses.marginalise_unannotated(probabilities, targets)
+    assert torch.equal(merged_p[0], annotated[0]) and torch.equal(merged_g[0], annotated_target[0])
+    assert torch.allclose(merged_p[1], torch.tensor([[[0.9, 0.3]], [[0.1, 0.7]], [[0.0, 0.0]]]))
+    assert torch.allclose(merged_g[1], torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]], [[0.0, 0.0]]]))
+    assert torch.isfinite(loss(probabilities, targets))
+
+
+def test_partial_labels_flow_from_masks_through_mixup_to_nan_targets(tmp_path: Path, scripts) -> None:
+    """A case with lung masks only says "heart unknown" (LoadLabelMapd), which mixup keeps as NaN."""
+    from cxrseg.mixup import MixupPrepareBatch
+    from cxrseg.transforms import LoadLabelMapd
+
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "masks" / "lungs.png")
+    loader = LoadLabelMapd(keys="label", classes=[["left_lung", "right_lung", "lungs"], ["heart"]],
+                           annotated_key="annotated")
+    item = loader({"label": {"lungs": str(tmp_path / "masks" / "lungs.png")}})
+    assert item["annotated"].tolist() == [True, True, False]
+    batch = {"image": torch.zeros(2, 1, 16, 16), "label": torch.stack([item["label"], item["label"] * 0]),
+             "annotated": torch.tensor([[True, True, False], [True, True, True]])}
+    _, target = MixupPrepareBatch(num_classes=3, delta=0.0, annotated_key="annotated")(batch)
+    assert torch.isnan(target[0, 2]).all() and not torch.isnan(target[0, :2]).any()
+    assert not torch.isnan(target[1]).any()
+    _, mixed = MixupPrepareBatch(num_classes=3, delta=0.2, annotated_key="annotated")(batch)
+    assert torch.isnan(mixed[:, 2]).all(), "a mixture with an unknown heart has an unknown heart"
+
+
 def test_soft_one_hot_targets_match_label_maps_and_mix_linearly_inside_the_index(scripts) -> None:
     """A hard one-hot equals its label map; a soft target enters the products p g, (1 - p) g, p (1 - g)."""
     loss = scripts.losses.FocalTverskyLoss(softmax=False, smooth=0.0, include_background=False)

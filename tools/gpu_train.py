@@ -12,7 +12,7 @@ brings back its best weights.
     python -m tools.gpu_train train --tiny --out /tmp/gpu-dry-run               # here: the CPU dry run
 
 It runs as ``python -m tools.gpu_train`` rather than through ``python -m tools``, whose other commands import
-packages (matplotlib) that the GPU machine need not have.
+packages (the benchmark's plotting) that the carried wheels do not bring.
 """
 
 from __future__ import annotations

@@ -4,11 +4,13 @@ rows flushed, and a failure raised at the end only after every good file is writ
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
 from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, ScaleIntensityd, SpatialPadd
@@ -16,6 +18,7 @@ from PIL import Image
 
 from cxrseg.inference import (
     InferenceFailures,
+    InferenceJob,
     SegmentationWriter,
     TolerantDataset,
     list_radiographs,
@@ -23,6 +26,7 @@ from cxrseg.inference import (
     tolerant_iteration,
 )
 from cxrseg.io import RadiographReader
+from cxrseg.progress import progress_bar
 from cxrseg.transforms import FitResized
 
 
@@ -43,7 +47,7 @@ def write_inputs(folder: Path) -> None:
     (folder / "notes.txt").write_text("not an input")
 
 
-def run_inference(input_dir: Path, output_dir: Path, measure=None) -> SegmentationWriter:
+def run_inference(input_dir: Path, output_dir: Path, measure=None, **job_options) -> SegmentationWriter:
     preprocessing = Compose([
         LoadImaged("image", reader=RadiographReader()),
         EnsureChannelFirstd("image"),
@@ -55,8 +59,11 @@ def run_inference(input_dir: Path, output_dir: Path, measure=None) -> Segmentati
         Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=False),
         AsDiscreted("pred", argmax=True),
     ])
-    dataset = TolerantDataset(list_radiographs(input_dir), transform=preprocessing)
-    writer = SegmentationWriter(output_dir, ["background", "bright"], postprocessing=postprocessing, measure=measure)
+    job = InferenceJob(input_dir, output_dir, **job_options)
+    dataset = TolerantDataset(job.pending, transform=preprocessing)
+    writer = SegmentationWriter(
+        output_dir, ["background", "bright"], postprocessing=postprocessing, measure=measure, job=job
+    )
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
         val_data_loader=DataLoader(dataset, batch_size=1),
@@ -112,4 +119,115 @@ def test_listing_rejects_missing_or_empty_folders(tmp_path: Path) -> None:
 
 
 def test_output_stems_never_collide() -> None:
-    assert output_stems(["a/x.png", "a/x.dcm", "a/y.png"]) == {"a/x.png": "x_png", "a/x.dcm": "x_dcm", "a/y.png": "y"}
+    assert output_stems(["a/x.png", "a/x.dcm", "a/y.png"]) == {"a/x.png": "a/x_png", "a/x.dcm": "a/x_dcm", "a/y.png": "a/y"}
+
+
+def test_output_stems_survive_case_and_suffix_clashes() -> None:
+    stems = output_stems(["x.PNG", "x.png", "x_png.png", "d/x.png", "D/y.png"])
+    # x_PNG and x_png are one file on a case-insensitive file system
+    assert stems == {"x.PNG": "x_PNG", "x.png": "x_png_2", "x_png.png": "x_png_3", "d/x.png": "d/x", "D/y.png": "D/y"}
+    assert len({stem.casefold() for stem in stems.values()}) == len(stems)
+
+
+def write_archive(folder: Path) -> None:
+    """A PACS-like export: nested folders, one stem in two folders and twice in one folder, and entries named like
+    inputs that are not usable ones."""
+    image = np.zeros((40, 30), np.uint8)
+    image[:, 15:] = 255
+    for relative in ["p1/s1/img.png", "p1/s1/img.jpg", "p2/s1/img.png", "top.png", "a_folder.png/inside.png"]:
+        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / relative)
+    Image.fromarray(image).save(folder / "p2" / "animation.gif")
+    (folder / "p2" / "dangling.png").symlink_to(folder / "p2" / "missing.png")
+    (folder / "p2" / "notes.txt").write_text("passed over: not named like an image")
+    (folder / ".cache").mkdir()
+    Image.fromarray(image).save(folder / ".cache" / "hidden.png")
+
+
+def test_recursive_run_mirrors_the_tree_and_lists_every_lookalike(tmp_path: Path) -> None:
+    write_archive(tmp_path / "in")
+    out = tmp_path / "in" / "results"  # inside the input: a rerun must not read its own label maps
+    with pytest.raises(InferenceFailures, match="1 of 7 inputs failed"):
+        run_inference(tmp_path / "in", out, recursive=True)
+    rows = read_rows(out)
+    assert list(rows) == sorted(rows), "rows follow the input order"
+    assert {file: row["status"] for file, row in rows.items()} == {
+        "a_folder.png/inside.png": "ok", "p1/s1/img.jpg": "ok", "p1/s1/img.png": "ok", "p2/s1/img.png": "ok",
+        "top.png": "ok", "p2/animation.gif": "skipped", "p2/dangling.png": "error",
+    }, rows
+    assert "broken symbolic link" in rows["p2/dangling.png"]["error"]
+    assert "not a supported format" in rows["p2/animation.gif"]["error"]
+    written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*_seg.png"))
+    assert written == ["a_folder.png/inside_seg.png", "p1/s1/img_jpg_seg.png", "p1/s1/img_png_seg.png",
+                       "p2/s1/img_seg.png", "top_seg.png"]
+    with pytest.raises(InferenceFailures, match="1 of 7 inputs failed"):
+        run_inference(tmp_path / "in", out, recursive=True, skip_existing=True)
+    assert read_rows(out).keys() == rows.keys(), "the output folder inside the input must not be read as input"
+    # the same folder without --recursive: the sub-folder named like an image is reported, the others passed over
+    with pytest.raises(InferenceFailures):
+        run_inference(tmp_path / "in" / "p2", tmp_path / "flat")
+    flat = read_rows(tmp_path / "flat")
+    assert {file: row["status"] for file, row in flat.items()} == {"animation.gif": "skipped", "dangling.png": "error"}
+    run_inference(tmp_path / "in", tmp_path / "top_only")
+    assert read_rows(tmp_path / "top_only")["a_folder.png"]["status"] == "skipped"
+
+
+def test_listing_suggests_recursive_for_a_folder_of_folders(tmp_path: Path) -> None:
+    (tmp_path / "in" / "patient").mkdir(parents=True)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "in" / "patient" / "a.png")
+    with pytest.raises(FileNotFoundError, match="--recursive true"):
+        list_radiographs(tmp_path / "in")
+    assert [entry["file"] for entry in list_radiographs(tmp_path / "in", recursive=True)] == ["patient/a.png"]
+
+
+def test_skip_existing_keeps_written_rows_and_redoes_the_rest(tmp_path: Path) -> None:
+    """An interrupted run: rows of ok inputs whose label map exists are kept (not recomputed), a label map without
+    its row, an error row and a row cut short by the kill are redone; the result has one row per input."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(5):
+        Image.fromarray(np.full((20, 24), 60 * index, np.uint8)).save(folder / f"case{index}.png")
+    run_inference(folder, tmp_path / "out")
+    out = tmp_path / "out"
+    header, *lines = (out / "measurements.csv").read_text(encoding="utf-8").splitlines()
+    # case0 kept; case1's row lost (its label map stays); case2 was an error; case3 cut short; case4 never reached
+    error_row = "case2.png,error,case2.png: stopped,,,"
+    (out / "measurements.csv").write_text("\n".join([header, lines[0], error_row, lines[3][:12]]), encoding="utf-8")
+    (out / "case4_seg.png").unlink()
+    kept = (out / "case0_seg.png").stat().st_mtime_ns
+    run_inference(folder, out, skip_existing=True)
+    rows = read_rows(out)
+    assert list(rows) == [f"case{index}.png" for index in range(5)]
+    assert all(row["status"] == "ok" for row in rows.values())
+    assert (out / "case0_seg.png").stat().st_mtime_ns == kept, "a completed input was recomputed"
+    assert (out / "case1_seg.png").stat().st_mtime_ns > kept
+
+
+def test_skip_existing_with_everything_written_still_writes_the_csv(tmp_path: Path) -> None:
+    write_inputs(tmp_path / "in")
+    (tmp_path / "in" / "corrupt.png").unlink()
+    run_inference(tmp_path / "in", tmp_path / "out")
+    before = read_rows(tmp_path / "out")
+    (tmp_path / "out" / "measurements.rank1.csv").write_text("file,status\n", encoding="utf-8")  # an interrupted rank
+    writer = run_inference(tmp_path / "in", tmp_path / "out", skip_existing=True)
+    assert writer.written == 0
+    assert read_rows(tmp_path / "out") == before
+    assert not list((tmp_path / "out").glob("measurements.rank*.csv"))
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_progress_bar_shows_rate_and_eta_on_a_terminal_only(terminal: bool) -> None:
+    stream = FakeTerminal() if terminal else io.StringIO()
+    engine = Engine(lambda engine, batch: batch)
+    progress_bar("inference", stream=stream).attach(engine)
+    engine.run(range(3))
+    shown = stream.getvalue()
+    if terminal:
+        assert "inference: [3/3] 100%" in shown and "it/s" in shown and "<00:00" in shown, shown
+    else:
+        assert shown == ""

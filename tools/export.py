@@ -17,6 +17,7 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export
 
 from cxrseg.bundle import bundle_imports
+from cxrseg.onnx import onnx_session, run_session
 from tools.package import resolve_bundle
 
 FORMATS = ("torchscript", "onnx")
@@ -82,14 +83,12 @@ def export_onnx(bundle_dir: Path, ckpt_file: Path, filepath: Path, metadata: dic
 
 
 def run_exported(fmt: str, filepath: Path, example: torch.Tensor) -> np.ndarray:
-    """The exported network's output on ``example``: TorchScript through torch.jit, ONNX through onnxruntime."""
+    """The exported network's output on ``example``: TorchScript through torch.jit, ONNX through onnxruntime as the
+    bundles' ``--backend onnxruntime`` runs it."""
     if fmt == "torchscript":
         with torch.no_grad():
             return _first_output(torch.jit.load(str(filepath), map_location="cpu")(example))
-    import onnxruntime  # optional dependency (requirements-export.txt), needed only here
-
-    session = onnxruntime.InferenceSession(str(filepath), providers=["CPUExecutionProvider"])
-    return _first_output(session.run(None, {session.get_inputs()[0].name: example.numpy()}))
+    return run_session(onnx_session(filepath), example)
 
 
 def export_bundle(

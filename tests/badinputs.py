@@ -17,6 +17,7 @@ from PIL import Image
 
 OK = "ok"
 ERROR = "error"
+SKIPPED = "skipped"
 SIDE = 64
 HUGE_SIDE = 8000
 
@@ -195,6 +196,9 @@ def inference_inputs() -> list[BadInput]:
     ]
 
 
+# named like inputs but unusable: each gets a row with the reason (a flat listing does not enter folders)
+LOOKALIKES = {"a_folder.png": SKIPPED, "animation.gif": SKIPPED, "dangling.png": ERROR}
+
 IGNORED = {
     "notes.txt": b"not a radiograph: must be ignored, not reported",
     ".hidden.png": b"hidden files are ignored",
@@ -202,7 +206,8 @@ IGNORED = {
 
 
 def write_inference_folder(folder: Path, include_huge: bool = True) -> list[BadInput]:
-    """Write every inference case (and files that must be ignored) into ``folder``; return the cases written."""
+    """Write every inference case (and the look-alikes and files that must be ignored) into ``folder``; return the
+    cases written."""
     folder.mkdir(parents=True, exist_ok=True)
     cases = [case for case in inference_inputs() if include_huge or case.name != "huge_8000.png"]
     for case in cases:
@@ -210,6 +215,9 @@ def write_inference_folder(folder: Path, include_huge: bool = True) -> list[BadI
     for name, data in IGNORED.items():
         (folder / name).write_bytes(data)
     (folder / "a_folder.png").mkdir(exist_ok=True)
+    (folder / "animation.gif").write_bytes(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")
+    if not (folder / "dangling.png").is_symlink():
+        (folder / "dangling.png").symlink_to(folder / "deleted.png")
     return cases
 
 

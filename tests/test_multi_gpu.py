@@ -1,9 +1,11 @@
-"""Data-parallel training as the Model Zoo runs it: ``torchrun`` with the bundle's ``multi_gpu_train.yaml``.
+"""Data-parallel training and inference as the Model Zoo runs them: ``torchrun`` with the bundle's
+``multi_gpu_train.yaml`` or ``multi_gpu_inference.yaml``.
 
 Without GPUs the config falls back to CPU processes and the gloo backend, so CI checks the distributed wiring
 (process group, DistributedSampler, DDP gradient averaging, rank-0-only checkpoints) with two CPU ranks on a
 tiny phantom set at 64x64. An extra override file makes each rank save its final weights; DDP must have kept
-them identical.
+them identical. Two inference ranks must write the same label maps and the same single ``measurements.csv`` as one
+process does.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import BUNDLES_DIR
+from PIL import Image
 
 DDP_BUNDLES = ["res_cr_net"]
 RANKS = 2
@@ -66,3 +70,51 @@ def test_two_ranks_train_identical_weights(bundle: str, phantom_dir: Path, tmp_p
         different = [name for name in reference if not torch.equal(reference[name], other["state"][name])]
         assert not different, f"rank {rank} weights differ from rank 0 in {different[:5]}"
     assert list((tmp_path / "models").glob("checkpoint_*.pt")), "rank 0 must save the resumable checkpoint"
+
+
+INFERENCE_BUNDLES = ["res_cr_net"]
+
+
+def write_mixed_archive(folder: Path, phantom_dir: Path) -> None:
+    """Seven radiographs in nested folders, a broken one and a GIF: nine rows, so two ranks get shares of five
+    (one input repeated) and the merge must give each input exactly one row."""
+    sources = sorted((phantom_dir / "images").glob("*.png"))
+    for index, source in enumerate(sources[:7]):
+        target = folder / f"study{index % 2}" / f"image{index}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    (folder / "study0" / "broken.png").write_bytes(b"not a PNG")
+    (folder / "study1" / "animation.gif").write_bytes(b"GIF89a")
+
+
+@pytest.mark.parametrize("bundle", INFERENCE_BUNDLES)
+def test_two_ranks_infer_like_one_process(bundle: str, phantom_dir: Path, tmp_path: Path) -> None:
+    bundle_dir = BUNDLES_DIR / bundle
+    write_mixed_archive(tmp_path / "in", phantom_dir)
+    inference = str(bundle_dir / "configs" / "inference.yaml")
+    options = ["--bundle_root", str(bundle_dir), "--dataset_dir", str(tmp_path / "in"), "--recursive", "true"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    single = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", inference, *options,
+         "--output_dir", str(tmp_path / "one")], env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S,
+    )
+    ranks = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(RANKS),
+         "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "-m", "monai.bundle", "run",
+         "--config_file", repr([inference, str(bundle_dir / "configs" / "multi_gpu_inference.yaml")]), *options,
+         "--output_dir", str(tmp_path / "ranks")], env=env, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S,
+    )
+    for result in (single, ranks):
+        log = result.stdout + result.stderr
+        assert result.returncode != 0 and "study0/broken.png" in log, f"the broken input must fail the run:\n{log[-4000:]}"
+    merged = (tmp_path / "ranks" / "measurements.csv").read_text(encoding="utf-8")
+    assert merged == (tmp_path / "one" / "measurements.csv").read_text(encoding="utf-8")
+    files = [line.split(",")[0] for line in merged.splitlines()[1:]]
+    assert len(files) == len(set(files)) == 9 and files == sorted(files)
+    assert not list((tmp_path / "ranks").glob("measurements.rank*.csv")), "rank 0 removes the ranks' files after merging"
+    written = sorted(path.relative_to(tmp_path / "one") for path in (tmp_path / "one").rglob("*_seg.png"))
+    assert written == sorted(path.relative_to(tmp_path / "ranks") for path in (tmp_path / "ranks").rglob("*_seg.png"))
+    assert len(written) == 7
+    for relative in written:
+        one, two = (np.asarray(Image.open(tmp_path / run / relative)) for run in ("one", "ranks"))
+        assert np.array_equal(one, two), relative

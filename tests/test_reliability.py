@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from badinputs import ERROR, OK, IGNORED, radiograph, write_dicom_source, write_inference_folder, write_shenzhen_source
+from badinputs import ERROR, IGNORED, LOOKALIKES, OK, radiograph, write_dicom_source, write_inference_folder, write_shenzhen_source
 from conftest import BUNDLES_DIR, REPO_ROOT, bundle_names
 from cxrseg.io import read_radiograph
 from tools.benchmark import LUNG_STAGE_BUNDLE, lung_stage_overrides, monai_run, save_untrained_weights, subprocess_env
@@ -89,9 +89,12 @@ def test_inference_reports_every_bad_input_and_segments_the_rest(
     assert result.returncode != 0, f"inputs failed but the run exited 0:\n{log[-3000:]}"
     rows = read_measurements(out_dir)
     by_file = {row["file"]: row for row in rows}
-    assert sorted(by_file) == sorted(case.name for case in cases), "one row per radiograph, none for ignored files"
-    assert len(rows) == len(cases)
+    assert sorted(by_file) == sorted([case.name for case in cases] + list(LOOKALIKES)), \
+        "one row per radiograph and per look-alike, none for ignored files"
+    assert len(rows) == len(cases) + len(LOOKALIKES)
     assert not set(IGNORED) & set(by_file)
+    for name, status in LOOKALIKES.items():
+        assert by_file[name]["status"] == status and name in by_file[name]["error"], by_file[name]
     num_labels = len(json.loads((BUNDLES_DIR / bundle / "configs" / "metadata.json").read_text())["network_data_format"]
                      ["outputs"]["pred"]["channel_def"])
     for case in cases:

@@ -174,3 +174,25 @@ def test_torchscript_export_matches_eager(trained_bundle) -> None:
             exported = torch.jit.script(network)
         with torch.no_grad():
             np.testing.assert_allclose(exported(example).numpy(), network(example).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("bundle", bundle_names())
+def test_training_and_inference_show_progress(bundle: str) -> None:
+    """Progress bars (rate and ETA; off where stderr is no terminal): first of the training handlers, so that the
+    bar of an epoch closes before validation logs, and among the inference handlers."""
+    progress = "scripts.cxrseg.progress.progress_bar"
+    train = ConfigParser.load_config_file(config_path(bundle, "train.yaml"))
+    assert train["train"]["handlers"][0]["_target_"] == progress
+    inference = ConfigParser.load_config_file(config_path(bundle, "inference.yaml"))
+    assert progress in [handler.get("_target_") for handler in inference["handlers"]]
+
+
+@pytest.mark.parametrize("bundle", bundle_names())
+def test_multi_gpu_inference_override(bundle: str) -> None:
+    """The Zoo's multi-GPU evaluation pattern: a DistributedSampler on the inference dataset, the process group
+    made in ``initialize`` and destroyed in ``finalize``."""
+    override = ConfigParser.load_config_file(config_path(bundle, "multi_gpu_inference.yaml"))
+    assert override["sampler"]["_target_"] == "DistributedSampler" and override["sampler"]["dataset"] == "@dataset"
+    assert override["dataloader#sampler"] == "@sampler"
+    assert any("init_process_group" in step for step in override["initialize"])
+    assert any("destroy_process_group" in step for step in override["finalize"])

@@ -17,7 +17,7 @@ import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export
 
 from cxrseg.bundle import bundle_imports
-from cxrseg.onnx import onnx_session, run_session
+from cxrseg.backends import onnx_session, run_session
 from tools.package import resolve_bundle
 
 FORMATS = ("torchscript", "onnx")

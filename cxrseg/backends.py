@@ -1,5 +1,5 @@
-"""ONNX Runtime as an inference backend: ``--backend onnxruntime`` runs the ``models/model.onnx`` that
-``python -m tools export <bundle>`` writes, inside the bundle's own ``inference.yaml``.
+"""Inference backends: eager PyTorch, or ONNX Runtime (``--backend onnxruntime``), which runs the
+``models/model.onnx`` that ``python -m tools export <bundle>`` writes, inside the bundle's own ``inference.yaml``.
 
 The exported graph is traced at the metadata's input shape, so it takes exactly that shape (batch 1, the
 bundle's ``image_size``). Before the first image the export is checked against the eager network with the

@@ -126,9 +126,9 @@ def _per_case_dice(run_dir: Path, structure: str) -> dict[str, float]:
 
 
 def anatomy(out: str = "/tmp/cxrseg-compare", bundles: Sequence[str] = ("lung_vae", "attention_bcdunet", "res_cr_net"),
-            sources: Sequence[str] = ("jsrt", "montgomery", "shenzhen")) -> None:
-    """Lung Dice of the shipped weights on each source's held-out cases with the anatomy filter and without it
-    (``anatomy_postprocessing: false``), and how many cases it changed."""
+            sources: Sequence[str] = ("jsrt", "montgomery", "shenzhen"), limit: int | None = None) -> None:
+    """Lung Dice of the shipped weights on each source's held-out cases (at most ``limit``, a seeded subset) with
+    the anatomy filter and without it (``anatomy_postprocessing: false``), and how many cases it changed."""
     out_dir = Path(out)
     print("| bundle | source | cases | Dice without | Dice with | cases changed | largest gain | largest loss |")
     print("|---|---|---|---|---|---|---|---|")
@@ -138,7 +138,8 @@ def anatomy(out: str = "/tmp/cxrseg-compare", bundles: Sequence[str] = ("lung_va
             runs = {flag: out_dir / "anatomy" / f"{bundle}_{source}_{flag}" for flag in ("without", "with")}
             scores = {}
             for flag, run_dir in runs.items():
-                summary = evaluate(REPO_ROOT, bundle, dataset, run_dir, {"anatomy_postprocessing": flag == "with"})
+                overrides = {"anatomy_postprocessing": flag == "with", "validate#dataset#data#limit": limit}
+                summary = evaluate(REPO_ROOT, bundle, dataset, run_dir, overrides)
                 structure = next(iter(summary["labels"]))
                 scores[flag] = summary["labels"][structure]["all"]["dice"]
             cases = {flag: _per_case_dice(run_dir, structure) for flag, run_dir in runs.items()}

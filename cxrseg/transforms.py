@@ -93,10 +93,11 @@ def fit_size(shape: Sequence[int], box: Sequence[int]) -> tuple[int, int]:
     return max(1, min(box[0], round(shape[0] * scale))), max(1, min(box[1], round(shape[1] * scale)))
 
 
-class AreaResized(MapTransform, InvertibleTransform):
-    """Resize to ``spatial_size`` (squashing, as MONAI's ``Resized``), averaging over area where an image shrinks;
-    invertible with ``Invertd``.
+class FitResized(MapTransform, InvertibleTransform):
+    """Resize keeping the aspect ratio so the image fits inside ``spatial_size``; invertible with ``Invertd``.
 
+    MONAI's ``Resized`` either squashes to a fixed size or scales the longest side; a radiograph of any
+    shape must fit a ``(rows, cols)`` box without distortion, then be padded (``SpatialPadd``) to it.
     Interpolating keys that shrink are averaged over the area each output pixel covers ("area" mode), which
     is anti-aliased and takes a few milliseconds for a 2048 x 2048 radiograph, where MONAI's Gaussian
     ``anti_aliasing`` takes most of a second; keys that grow use ``mode``. Nearest-neighbour (label) keys
@@ -115,15 +116,11 @@ class AreaResized(MapTransform, InvertibleTransform):
         self.mode = ensure_tuple_rep(mode, len(self.keys))
         self._resizer = Resize(spatial_size=self.spatial_size)
 
-    def target_size(self, shape: tuple[int, int]) -> tuple[int, int]:
-        """Output ``(rows, cols)`` for an input of ``shape``."""
-        return self.spatial_size
-
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key, mode in self.key_iterator(d, self.mode):
             shape = tuple(d[key].shape[-2:])
-            size = self.target_size(shape)
+            size = fit_size(shape, self.spatial_size)
             shrinks = size[0] < shape[0] and size[1] < shape[1]
             interpolating = mode not in ("nearest", "nearest-exact")
             d[key] = Resize(spatial_size=size, mode="area" if shrinks and interpolating else mode)(d[key])
@@ -139,14 +136,3 @@ class AreaResized(MapTransform, InvertibleTransform):
                 trace = {**trace, TraceKeys.EXTRA_INFO: {**trace[TraceKeys.EXTRA_INFO], "mode": mode}}
             d[key] = self._resizer.inverse_transform(d[key], trace)
         return d
-
-
-class FitResized(AreaResized):
-    """:class:`AreaResized` keeping the aspect ratio, so the image fits inside ``spatial_size``.
-
-    MONAI's ``Resized`` either squashes to a fixed size or scales the longest side; a radiograph of any
-    shape must fit a ``(rows, cols)`` box without distortion, then be padded (``SpatialPadd``) to it.
-    """
-
-    def target_size(self, shape: tuple[int, int]) -> tuple[int, int]:
-        return fit_size(shape, self.spatial_size)

@@ -1,5 +1,4 @@
-"""LoadLabelMapd (class union and overlap rule, size checks), FitResized (aspect ratio, inverse) and AreaResized
-(squashing with area averaging, inverse)."""
+"""LoadLabelMapd (class union and overlap rule, size checks) and FitResized (aspect ratio, inverse)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, Invertd, LoadImaged, 
 from PIL import Image
 
 from cxrseg.io import RadiographError, RadiographReader
-from cxrseg.transforms import AreaResized, FitResized, LoadLabelMapd, fit_size
+from cxrseg.transforms import FitResized, LoadLabelMapd, fit_size
 
 
 def save_mask(path: Path, mask: np.ndarray) -> str:
@@ -79,26 +78,3 @@ def test_fit_resize_averages_when_shrinking() -> None:
     small = FitResized("image", (32, 32))({"image": MetaTensor(board)})["image"]
     assert tuple(small.shape) == (1, 32, 32)
     torch.testing.assert_close(small, torch.full((1, 32, 32), 0.5), atol=1e-6, rtol=0)
-
-
-def test_area_resize_squashes_averaging_and_inverts_to_the_input_size() -> None:
-    """Squashed to the fixed size (no aspect kept, as MONAI's Resized), anti-aliased by area averaging; the label
-    key stays nearest-neighbour, and Invertd brings a prediction back to the input's size."""
-    board = torch.from_numpy((np.indices((512, 256)).sum(axis=0) % 2).astype(np.float32))[None]
-    label = torch.zeros(1, 512, 256)
-    label[:, 100:300, 50:150] = 3
-    transform = AreaResized(["image", "label"], (64, 72), mode=["bilinear", "nearest"])
-    data = transform({"image": MetaTensor(board), "label": MetaTensor(label)})
-    assert tuple(data["image"].shape) == tuple(data["label"].shape) == (1, 64, 72)
-    assert set(data["label"].unique().tolist()) == {0.0, 3.0}
-    assert abs(data["image"].mean().item() - 0.5) < 1e-6 and data["image"].std().item() < 0.05
-    data["pred"] = MetaTensor(torch.ones(1, 64, 72))
-    restored = Invertd("pred", transform=transform, orig_keys="image", nearest_interp=True)(data)["pred"]
-    assert tuple(restored.shape) == (1, 512, 256)
-
-
-def test_area_resize_enlarges_with_its_mode() -> None:
-    small = torch.zeros(1, 8, 8)
-    small[:, :, 4:] = 1
-    large = AreaResized("image", (32, 32))({"image": MetaTensor(small)})["image"]
-    assert 0 < large[0, 0, 14].item() < 1  # bilinear, not blocks

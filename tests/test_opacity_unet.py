@@ -16,7 +16,10 @@ import pytest
 import torch
 from conftest import REPO_ROOT, bundle_imports, train_bundle
 from monai.bundle import ConfigParser
+from monai.transforms import LoadImaged
 from PIL import Image
+
+from cxrseg.io import RadiographReader
 
 BUNDLE = REPO_ROOT / "bundles" / "opacity_unet"
 CONFIGS = BUNDLE / "configs"
@@ -259,6 +262,23 @@ def test_lung_stage_runs_the_other_bundle_and_restores_scripts(opacity_scripts, 
     assert lung.shape == (1, 50, 70)
     assert lung[0, 12:38, 7:23].all() and not lung[0, :, 40:].any()
     assert opacity_scripts.lung_stage.load_lung_bundle(fake_lung_bundle).lung_values == [1]
+
+
+def test_lung_stage_takes_the_loaded_radiograph(opacity_scripts, fake_lung_bundle, tmp_path) -> None:
+    """Given the image LoadImaged has read, the lung stage does not read the file again, gives the field it
+    gives from the path, and leaves the caller's image as it was."""
+    image = np.zeros((50, 70), np.uint8)
+    image[:, 35:] = 200
+    image[10:40, 5:25] = 20
+    Image.fromarray(image).save(tmp_path / "cxr.png")
+    loaded = LoadImaged("image", reader=RadiographReader())({"image": str(tmp_path / "cxr.png")})
+    original = loaded["image"].clone()
+    field = opacity_scripts.lung_stage.LungFieldd(keys="image", bundle_dir=fake_lung_bundle, lung_key="lung")
+    from_path = field({"image": str(tmp_path / "cxr.png")})["lung"]
+    (tmp_path / "cxr.png").unlink()
+    from_image = field(dict(loaded))["lung"]
+    torch.testing.assert_close(from_image, from_path)
+    torch.testing.assert_close(loaded["image"], original)
 
 
 def test_lung_stage_names_missing_weights(opacity_scripts, fake_lung_bundle, tmp_path) -> None:

@@ -21,7 +21,7 @@ import torch
 from monai.bundle import ConfigParser
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform
+from monai.transforms import Compose, LoadImaged, MapTransform
 
 from .cxrseg.bundle import bundle_imports
 from .cxrseg.io import RadiographError, read_radiograph
@@ -40,19 +40,31 @@ def lung_label_values(bundle_dir: str | Path) -> list[int]:
 
 @dataclass
 class LungBundle:
-    """The parts of a lung bundle's inference config needed to segment one radiograph."""
+    """The parts of a lung bundle's inference config needed to segment one radiograph.
+
+    ``preprocessing`` starts from a file path; ``loaded_preprocessing`` is the same without its ``LoadImaged``, for a
+    radiograph the caller has already read (the opacity stage reads it once for both stages).
+    """
 
     network: torch.nn.Module
-    preprocessing: Callable[[dict], dict]
+    preprocessing: Compose
     inferer: Callable[[torch.Tensor, torch.nn.Module], Any]
     postprocessing: Callable[[dict], dict]
     lung_values: list[int]
     device: torch.device
 
+    @property
+    def loaded_preprocessing(self) -> Compose:
+        return Compose([t for t in self.preprocessing.transforms if not isinstance(t, LoadImaged)])
+
     @torch.no_grad()
-    def segment(self, image_path: str) -> np.ndarray:
-        """Boolean lung field at the radiograph's own size, as the lung bundle's own inference would give it."""
-        item = self.preprocessing({"image": image_path})
+    def segment(self, image: str | torch.Tensor) -> np.ndarray:
+        """Boolean lung field at the radiograph's own size, as the lung bundle's own inference would give it, of a
+        file path or of a radiograph as ``LoadImaged`` with the collection's ``RadiographReader`` returns it."""
+        if isinstance(image, torch.Tensor):
+            item = self.loaded_preprocessing({"image": image.clone()})
+        else:
+            item = self.preprocessing({"image": image})
         pred = self.inferer(item["image"][None].to(self.device), self.network)
         pred = pred[0] if isinstance(pred, (tuple, list)) else pred
         item["pred"] = MetaTensor(pred[0].detach().cpu(), meta=item["image"].meta)
@@ -93,6 +105,11 @@ def load_lung_bundle(
         )
 
 
+def _source(image: str | torch.Tensor) -> str:
+    """The file a radiograph came from, for error messages."""
+    return str(getattr(image, "meta", {}).get("filename_or_obj", "?")) if isinstance(image, torch.Tensor) else str(image)
+
+
 def _as_lung_field(mask: np.ndarray, image_path: str) -> MetaTensor:
     """``(1, rows, cols)`` lung field; an empty one is an error of this image (nothing to crop or measure)."""
     if not mask.any():
@@ -101,7 +118,8 @@ def _as_lung_field(mask: np.ndarray, image_path: str) -> MetaTensor:
 
 
 class LungFieldd(MapTransform):
-    """Add ``lung_key``: the lung field of the radiograph whose path is ``data[key]``, from a lung bundle.
+    """Add ``lung_key``: the lung field of the radiograph ``data[key]`` (a file path, or the image ``LoadImaged``
+    has read, which is then not read and decoded a second time), from a lung bundle.
 
     The bundle is loaded on first use, so a config that lists this transform as an unused alternative
     (``lung_source: dataset``) neither needs the lung bundle nor pays for it.
@@ -121,13 +139,15 @@ class LungFieldd(MapTransform):
             self._bundle = load_lung_bundle(self.bundle_dir, self.device, self.ckpt_path, overrides=self.overrides)
         d = dict(data)
         for key in self.key_iterator(d):
-            d[self.lung_key] = _as_lung_field(self._bundle.segment(str(d[key])), str(d[key]))
+            image = d[key] if isinstance(d[key], torch.Tensor) else str(d[key])
+            d[self.lung_key] = _as_lung_field(self._bundle.segment(image), _source(d[key]))
         return d
 
 
 class LungMaskFiled(MapTransform):
-    """Add ``lung_key``: the lung field read from ``<mask_dir>/<stem>.png`` for the radiograph ``data[key]``
-    (ground-truth or precomputed lung masks instead of the lung bundle)."""
+    """Add ``lung_key``: the lung field read from ``<mask_dir>/<stem>.png`` for the radiograph ``data[key]`` (a file
+    path or the loaded image, whose metadata names its file): ground-truth or precomputed lung masks instead of
+    the lung bundle."""
 
     def __init__(self, keys: KeysCollection, mask_dir: str | Path | None, lung_key: str = "lung") -> None:
         super().__init__(keys)
@@ -138,9 +158,10 @@ class LungMaskFiled(MapTransform):
             raise ValueError("lung_source 'masks' needs lung_mask_dir, the folder of <stem>.png lung masks")
         d = dict(data)
         for key in self.key_iterator(d):
-            mask_path = Path(self.mask_dir) / f"{Path(str(d[key])).stem}.png"
+            source = _source(d[key])
+            mask_path = Path(self.mask_dir) / f"{Path(source).stem}.png"
             if not mask_path.is_file():
-                raise RadiographError(str(d[key]), f"no lung mask {mask_path}")
+                raise RadiographError(source, f"no lung mask {mask_path}")
             pixels = read_radiograph(mask_path)
-            d[self.lung_key] = _as_lung_field(pixels > pixels.max() / 2, str(d[key]))
+            d[self.lung_key] = _as_lung_field(pixels > pixels.max() / 2, source)
         return d

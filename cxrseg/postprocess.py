@@ -1,0 +1,130 @@
+"""Post-processing of a chest radiograph's label map with what anatomy implies, shared by every bundle.
+
+A posterior-anterior radiograph shows at most two lungs, one each side of the mediastinum, and one heart; none
+of them has holes, and no lung lies at the top or bottom edge of the image or out at its sides. A network
+that scores pixels one by one knows none of this: it can mark a "lung" on a shoulder or leave a hole where
+an opacity hides the lung. :class:`AnatomyFilterd` removes what cannot be anatomy from a label map at the
+network's resolution (cheap there), before the label map is brought back to the radiograph's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import FillHoles, KeepLargestConnectedComponent, MapTransform
+from skimage.measure import label as connected_components
+from skimage.measure import regionprops
+
+from .lungs import midline_column
+
+
+def plausible_lungs(
+    lung: np.ndarray, vertical_margin: float = 0.1, lateral_margin: float = 0.1, min_relative_area: float = 0.05
+) -> np.ndarray:
+    """The part of a boolean lung field that can be lung: at most one connected component each side of the
+    midline (both, where the two lungs touch across the mediastinum and form one component).
+
+    A component is dropped when its centroid lies in the top or bottom ``vertical_margin`` of the rows or the
+    outer ``lateral_margin`` of the columns each side (shoulders, the abdomen, the arms), or when it has less
+    than ``min_relative_area`` of the largest component's area (specks). Of the rest, each side of the midline
+    (:func:`cxrseg.lungs.midline_column`, the rule the measurements use) keeps the component with the most
+    pixels on that side, so a blob beside a lung goes while a lung missing on one side leaves that side empty.
+    """
+    lung = np.asarray(lung, dtype=bool)
+    components = connected_components(lung, connectivity=2)
+    regions = regionprops(components)
+    rows, cols = lung.shape
+    largest = max((region.area for region in regions), default=0)
+    candidates = [
+        region.label for region in regions
+        if vertical_margin * rows <= region.centroid[0] < (1 - vertical_margin) * rows
+        and lateral_margin * cols <= region.centroid[1] < (1 - lateral_margin) * cols
+        and region.area >= min_relative_area * largest
+    ]
+    field = np.isin(components, candidates)
+    if not field.any():
+        return field
+    midline = midline_column(field)
+    kept = set()
+    for side in (components[:, :midline], components[:, midline:]):
+        counts = np.bincount(side[np.isin(side, candidates)], minlength=components.max() + 1)
+        if counts.any():
+            kept.add(int(counts.argmax()))
+    return np.isin(components, sorted(kept))
+
+
+class AnatomyFilterd(MapTransform):
+    """Remove from a ``(1, rows, cols)`` label map what cannot be lung or heart; keep everything else as it is.
+
+    Args:
+        keys: label maps (label values, not scores or one-hot), normally ``pred`` after the argmax or threshold,
+            at the network's resolution (before ``Invertd``), where this takes a millisecond or two.
+        lung_labels: label values that are lung (united into one lung field for the rules of
+            :func:`plausible_lungs`); removed lung pixels become background.
+        heart_label: label value of the heart, of which only the largest connected component is kept; ``None``
+            for bundles without a heart.
+        fill_holes: fill background enclosed by a lung or by the heart with that label (only background: a
+            heart enclosed by lung stays heart).
+        vertical_margin, lateral_margin, min_relative_area: see :func:`plausible_lungs`.
+
+    The result keeps the input's type and metadata (a ``MetaTensor`` keeps the operations ``Invertd`` undoes).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        lung_labels: Sequence[int],
+        heart_label: int | None = None,
+        fill_holes: bool = True,
+        vertical_margin: float = 0.1,
+        lateral_margin: float = 0.1,
+        min_relative_area: float = 0.05,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.lung_labels = [int(value) for value in lung_labels]
+        self.heart_label = heart_label
+        self.fill_holes = fill_holes
+        self.margins = {
+            "vertical_margin": vertical_margin, "lateral_margin": lateral_margin,
+            "min_relative_area": min_relative_area,
+        }
+        self._largest_heart = (
+            None if heart_label is None
+            else KeepLargestConnectedComponent(applied_labels=[heart_label], is_onehot=False, connectivity=2)
+        )
+        self._fill = FillHoles(applied_labels=[1])
+
+    def _filled(self, mask: np.ndarray) -> np.ndarray:
+        """``mask`` with its enclosed holes filled (MONAI's ``FillHoles`` on the binary mask)."""
+        return np.asarray(self._fill(mask[None].astype(np.uint8)))[0] > 0
+
+    def filter(self, label_map: np.ndarray) -> np.ndarray:
+        """The filtered copy of a ``(rows, cols)`` integer label map."""
+        result = label_map.copy()
+        lung = np.isin(result, self.lung_labels)
+        result[lung & ~plausible_lungs(lung, **self.margins)] = 0
+        if self._largest_heart is not None:
+            result = np.asarray(self._largest_heart(result[None]))[0]
+        if self.fill_holes:
+            for value in self.lung_labels + ([] if self.heart_label is None else [self.heart_label]):
+                result[self._filled(result == value) & (result == 0)] = value
+        return result
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor | np.ndarray]) -> dict[Hashable, torch.Tensor | np.ndarray]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            original = d[key]
+            array = original.detach().cpu().numpy() if isinstance(original, torch.Tensor) else np.asarray(original)
+            if array.ndim != 3 or array.shape[0] != 1:
+                raise ValueError(f"AnatomyFilterd expects a (1, rows, cols) label map in {key!r}, got {array.shape}")
+            filtered = self.filter(np.rint(array[0]).astype(np.int64))[None]
+            if isinstance(original, torch.Tensor):
+                d[key] = original.clone()
+                d[key].copy_(torch.as_tensor(filtered, dtype=original.dtype))
+            else:
+                d[key] = filtered.astype(array.dtype)
+        return d

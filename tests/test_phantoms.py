@@ -11,7 +11,7 @@ from PIL import Image
 
 from cxrseg import phantoms
 from cxrseg.data import load_split
-from cxrseg.phantoms import STRUCTURES, contact_sheet, default_dataset_dir, generate_dataset, generate_phantom
+from cxrseg.phantoms import STRUCTURES, default_dataset_dir, generate_dataset, generate_phantom
 
 
 
@@ -214,23 +214,6 @@ def test_default_dataset_dir_refuses_an_incomplete_folder(tmp_path: Path, monkey
     (tmp_path / "phantoms-v1-2-64-0" / "images").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="phantoms-v1-2-64-0.*incomplete"):
         default_dataset_dir(count=2, size=64, seed=0)
-
-
-def test_contact_sheet_has_expected_size_and_colour_overlays(tmp_path: Path) -> None:
-    root = generate_dataset(tmp_path / "phantoms", count=6, size=96, seed=0)
-
-    out = contact_sheet(root, tmp_path / "sheet" / "phantoms.png", count=6, columns=4, tile=80)
-
-    with Image.open(out) as sheet:
-        assert sheet.format == "PNG" and sheet.size == (4 * 80, 2 * 80)
-        pixels = np.asarray(sheet.convert("RGB")).astype(int)
-    assert (np.abs(pixels[..., 0] - pixels[..., 1]) > 60).any()
-    assert (pixels[80:, 160:] < 10).all()
-
-
-def test_contact_sheet_rejects_folder_without_images(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no PNG images"):
-        contact_sheet(tmp_path, tmp_path / "sheet.png")
 
 
 def _read_mask(path: Path) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Commands around the synthetic phantoms of :mod:`cxrseg.phantoms` (imported lazily: it is large)."""
+"""Commands around the synthetic phantoms of :mod:`cxrseg.phantoms` (imported lazily: it is large) and the
+contact sheet that shows them or any prepared dataset."""
 
 from __future__ import annotations
 
@@ -20,6 +21,6 @@ def contact_sheet(dataset_dir: str, out: str, count: int = 8, columns: int = 4, 
     Works for any prepared dataset (phantoms or `prepare` output), as a visual check of images and masks.
     Prints the PNG path.
     """
-    from cxrseg.phantoms import contact_sheet as draw_contact_sheet
+    from tools.contact_sheet import contact_sheet as draw_contact_sheet
 
     return str(draw_contact_sheet(dataset_dir, out, count=count, columns=columns, tile=tile))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.utils import set_determinism
 
 from cxrseg.bundle import bundle_imports
@@ -93,3 +93,16 @@ def train_bundle(bundle_dir: Path, validate_first: bool = False, **overrides: An
         workflow.run()
         workflow.finalize()
     return TrainingRecord([float(np.mean(losses[epoch])) for epoch in sorted(losses)], val_dice)
+
+
+def save_untrained_weights(bundle_dir: Path, out_file: Path, config: str = "inference.yaml") -> Path:
+    """Save a freshly initialised ``network_def`` state dict as ``out_file``: a checkpoint for tests of file
+    handling, where the weights do not matter."""
+    with bundle_imports(bundle_dir):
+        parser = ConfigParser()
+        parser.read_config(str(bundle_dir / "configs" / config))
+        parser["bundle_root"] = str(bundle_dir)
+        network = parser.get_parsed_content("network_def")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), out_file)
+    return out_file

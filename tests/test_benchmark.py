@@ -1,8 +1,27 @@
-"""The benchmark's report: the Markdown tables it writes for README from the records of its runs."""
+"""The benchmark (``python -m tools benchmark``): its report's Markdown tables from the records of its runs, the
+facts it reads from the bundles, and the shape of ``tools/`` (one command line, no import cycle)."""
 
 from __future__ import annotations
 
-from tools.benchmark import BUDGETS, held_out_name, markdown
+import ast
+import subprocess
+import sys
+
+import pytest
+from conftest import BUNDLES_DIR, REPO_ROOT, bundle_names
+
+from tools.__main__ import COMMANDS
+from tools.budgets import (
+    BUDGETS,
+    SPLIT_ID,
+    dataset_of,
+    held_out,
+    held_out_name,
+    held_out_overrides,
+    lung_stage_bundle,
+    lung_stage_overrides,
+)
+from tools.report import markdown
 
 
 def stats(mean: float, sd: float = 0.1, worst: float = 0.0) -> dict:
@@ -17,7 +36,7 @@ def opacity_record() -> dict:
     """Three cases, one without opacity in the reference: Dice 0.4 over all, 0.6 over the two with opacity."""
     return {
         "bundle": "opacity_unet", "dataset": "/data/covid_opacity", "held_out": held_out_name(
-            {"validate#dataset#data#split": "validation", "num_folds": 5, "fold": 1}),
+            {"split": "validation", "num_folds": 5, "fold": 1}),
         "metrics": {"cases": 3, "labels": {"opacity": {
             "all": group(0.4), "reference_present": group(0.6),
             "reference_absent": {"cases": 1, "false_positive_fraction": stats(0.05, 0.0, 0.05)},
@@ -48,3 +67,65 @@ def test_a_failed_bundle_is_listed_with_its_error() -> None:
     table = markdown([record], "quick", "today")
     assert "| res_cr_net | jsrt | | failed: train failed (exit 1); see log |" in table
     assert "- res_cr_net: train failed (exit 1); see log" in table
+
+
+@pytest.mark.parametrize("bundle", bundle_names())
+def test_every_bundle_states_its_held_out_cases(bundle: str) -> None:
+    for shipped in (False, True):
+        cases = held_out(BUNDLES_DIR / bundle, shipped_weights=shipped)
+        assert cases["split"] in ("validation", "test") and cases["dataset"]
+        assert held_out_overrides(cases)[SPLIT_ID] == cases["split"]
+
+
+def test_shipped_opacity_weights_are_scored_on_their_cross_validation_fold() -> None:
+    """opacity_unet ships fold 1 of 5; weights trained with train.yaml's defaults hold out the test split."""
+    shipped = held_out(BUNDLES_DIR / "opacity_unet", shipped_weights=True)
+    assert held_out_overrides(shipped) == {SPLIT_ID: "validation", "num_folds": 5, "fold": 1}
+    assert held_out_name(shipped) == "fold 1 of 5"
+    assert held_out_name(held_out(BUNDLES_DIR / "opacity_unet", shipped_weights=False)) == "test"
+    assert held_out(BUNDLES_DIR / "attention_bcdunet", shipped_weights=False)["split"] == "validation"
+
+
+def test_dataset_defaults_to_the_shared_copy_of_the_one_metadata_names(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="covid_opacity: not a prepared dataset"):
+        dataset_of(BUNDLES_DIR / "opacity_unet", str(tmp_path / "covid_opacity"))
+    (tmp_path / "images").mkdir()
+    assert dataset_of(BUNDLES_DIR / "lung_vae", str(tmp_path)) == tmp_path.resolve()
+
+
+def test_lung_stage_comes_from_the_inference_config(tmp_path) -> None:
+    assert lung_stage_bundle(BUNDLES_DIR / "res_cr_net") is None
+    assert lung_stage_overrides(BUNDLES_DIR / "res_cr_net", None) == {}
+    assert lung_stage_bundle(BUNDLES_DIR / "opacity_unet") == (BUNDLES_DIR / "lung_vae").resolve()
+    with pytest.raises(FileNotFoundError, match="opacity_unet needs trained lung_vae weights"):
+        lung_stage_overrides(BUNDLES_DIR / "opacity_unet", None)
+    overrides = lung_stage_overrides(BUNDLES_DIR / "opacity_unet", tmp_path / "lung.pt", [64, 64])
+    assert overrides["lung_ckpt_path"] == tmp_path / "lung.pt" and overrides["lung_overrides"] == {"image_size": [64, 64]}
+
+
+def test_plots_do_not_import_the_benchmark() -> None:
+    """The figures read a finished run; importing them must not pull in the benchmark (they used to import each
+    other)."""
+    code = "import sys, tools.plots; print(sorted(m for m in sys.modules if m.startswith('tools')))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert "tools.benchmark" not in result.stdout and "tools.plots" in result.stdout
+
+
+def test_every_tool_runs_through_python_m_tools() -> None:
+    """Each module of tools/ that defines a command is reached through ``python -m tools``, and none has a second
+    entry point of its own."""
+    registered = {function.__module__ for function in COMMANDS.values()}
+    for module in sorted((REPO_ROOT / "tools").glob("*.py")):
+        if module.name == "__main__.py":
+            continue
+        tree = ast.parse(module.read_text(encoding="utf-8"))
+        main_guards = [node for node in ast.walk(tree) if isinstance(node, ast.Compare) and "__main__" in ast.unparse(node)]
+        assert not main_guards, f"{module.name}: run it through python -m tools, not on its own"
+    assert {"tools.bench_strauss", "tools.bench_memory", "tools.benchmark", "tools.synthetic"} <= registered
+
+
+def test_strauss_command_runs() -> None:
+    command = [sys.executable, "-m", "tools", "strauss", "--rows", "64", "--cols", "48", "--repeats", "2"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "speed-up" in result.stdout and "sample_strauss" in result.stdout

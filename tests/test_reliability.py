@@ -21,19 +21,19 @@ import pytest
 from PIL import Image
 
 from badinputs import ERROR, IGNORED, LOOKALIKES, OK, radiograph, write_dicom_source, write_inference_folder, write_shenzhen_source
-from conftest import BUNDLES_DIR, REPO_ROOT, bundle_names
+from conftest import BUNDLES_DIR, REPO_ROOT, bundle_names, save_untrained_weights
 from cxrseg.io import read_radiograph
-from tools.benchmark import LUNG_STAGE_BUNDLE, lung_stage_overrides, monai_run, save_untrained_weights, subprocess_env
+from tools.budgets import lung_stage_bundle, lung_stage_overrides, shipped_lung_weights
+from tools.bundle_runs import monai_run, subprocess_env
 
 INFERENCE_TIMEOUT_S = 900
-SHIPPED_LUNG_WEIGHTS = BUNDLES_DIR / LUNG_STAGE_BUNDLE / "models" / "model.pt"
 # images with no anatomy at all: a two-stage bundle rightly reports that its lung stage found no lung there
 NO_LUNG_TO_FIND = {"all_black.png", "all_white.png", "constant.dcm", "smallest_16.png", "thin_strip.png"}
 NO_LUNG_ERROR = "no lung field found"
 
 
 def is_two_stage(bundle: str) -> bool:
-    return bool(lung_stage_overrides(BUNDLES_DIR / bundle, SHIPPED_LUNG_WEIGHTS))
+    return lung_stage_bundle(BUNDLES_DIR / bundle) is not None
 
 
 def read_measurements(out_dir: Path) -> list[dict[str, str]]:
@@ -53,7 +53,7 @@ def run_inference(bundle: str, input_dir: Path, out_dir: Path, weights: dict[str
             "ckpt_dir": weights[bundle].parent,
             "ckpt_path": weights[bundle],
             "num_workers": 0,
-            **lung_stage_overrides(bundle_dir, SHIPPED_LUNG_WEIGHTS),
+            **lung_stage_overrides(bundle_dir, shipped_lung_weights(bundle_dir)),
         },
         timeout=INFERENCE_TIMEOUT_S,
     )

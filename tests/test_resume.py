@@ -26,7 +26,7 @@ import torch
 
 from conftest import BUNDLES_DIR, REPO_ROOT
 from cxrseg.bundle import bundle_imports
-from tools.benchmark import monai_run, override_arguments, parse_bundle_config, subprocess_env
+from tools.bundle_runs import monai_run, override_arguments, parse_bundle_config, subprocess_env
 
 BUNDLE = "res_cr_net"
 EPOCHS = 4

@@ -7,7 +7,7 @@ failure by raising ``SystemExit(code)`` after printing what went wrong.
 
 import fire
 
-from tools import bench_backends, bench_memory, benchmark, export, package, prepare, synthetic
+from tools import bench_backends, bench_memory, bench_strauss, benchmark, export, package, prepare, synthetic
 
 COMMANDS = {
     "prepare": prepare.prepare,
@@ -18,6 +18,7 @@ COMMANDS = {
     "export": export.export,
     "benchmark": benchmark.main,
     "memory": bench_memory.memory,
+    "strauss": bench_strauss.strauss,
     "backends": bench_backends.backends,
 }
 

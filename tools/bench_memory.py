@@ -1,7 +1,7 @@
 """Training memory and step time of one bundle under variants of its config, measured side by side.
 
 Each variant trains a few steps in its own ``python -m monai.bundle run`` process (peak memory is a property
-of the process), with :class:`tools.benchmark.StepTimer` on the trainer, one after the other in one call so
+of the process), with :class:`tools.timing.StepTimer` on the trainer, one after the other in one call so
 the figures compare with each other on a shared machine. The first step is left out of the step time.
 """
 
@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tools.benchmark import BUNDLES_DIR, SHARED_DATA, _read_json, _tail, monai_run, timer_config
+from tools.bundle_runs import BUNDLES_DIR, SHARED_DATA, monai_run, output_tail, read_json
+from tools.timing import timer_config
 
 DEFAULT_VARIANTS = {
     "default": {},
@@ -31,8 +32,8 @@ def measure_variant(
         bundle_on_path=True,
     )
     if result.returncode != 0:
-        raise RuntimeError(f"{run_dir.name}: training failed (exit {result.returncode}):\n{_tail(result)}")
-    return _read_json(run_dir / "timing.json") or {}
+        raise RuntimeError(f"{run_dir.name}: training failed (exit {result.returncode}):\n{output_tail(result)}")
+    return read_json(run_dir / "timing.json") or {}
 
 
 def memory(

@@ -4,24 +4,20 @@ The simple approach draws 10-20 random overlapping circles at full resolution wi
 full-resolution mask; the Strauss generator samples and draws on a coarse grid and upsamples the smooth field.
 Both run in this process on one thread, so the ratio holds on any machine even when absolute times vary.
 
-    OMP_NUM_THREADS=1 python tools/bench_strauss.py [--rows 640 --cols 512 --repeats 200]
+    python -m tools strauss [--rows 640 --cols 512 --repeats 200]
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 from skimage.draw import disk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cxrseg.augment import draw_disks, sample_strauss, strauss_field  # noqa: E402
+from cxrseg.augment import draw_disks, sample_strauss, strauss_field
 
 
 def simple_disk_field(rng: np.random.RandomState, shape: tuple[int, int], smoothing: float = 0.02) -> np.ndarray:
@@ -71,25 +67,22 @@ def stage_times(rng: np.random.RandomState, shape: tuple[int, int], repeats: int
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=640)
-    parser.add_argument("--cols", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=200)
-    args = parser.parse_args()
+def strauss(rows: int = 640, cols: int = 512, repeats: int = 200) -> dict[str, float]:
+    """Time the Strauss diffuse-noise generator against 10-20 full-size circles on a ROWS x COLS mask, one thread.
+
+    Prints the median wall and CPU ms of both, the speed-up and where the generator's time goes; returns the
+    median CPU ms of each.
+    """
     torch.set_num_threads(1)
-    shape = (args.rows, args.cols)
+    shape = (rows, cols)
     rng = np.random.RandomState(0)
-    strauss = milliseconds_per_call(lambda: strauss_field(rng, shape), args.repeats)
-    simple = milliseconds_per_call(lambda: simple_disk_field(rng, shape), args.repeats)
-    print(f"diffuse-noise mask {shape[0]}x{shape[1]}, {args.repeats} repeats, 1 thread")
-    print(f"  Strauss process, coarse grid + upsampling: wall {strauss[0]:7.2f} ms   CPU {strauss[1]:7.2f} ms (median)")
-    print(f"  10-20 skimage circles + full-size blur:   wall {simple[0]:7.2f} ms   CPU {simple[1]:7.2f} ms (median)")
-    print(f"  speed-up: {simple[0] / strauss[0]:.1f}x (wall), {simple[1] / strauss[1]:.1f}x (CPU)")
+    strauss_wall, strauss_cpu = milliseconds_per_call(lambda: strauss_field(rng, shape), repeats)
+    simple_wall, simple_cpu = milliseconds_per_call(lambda: simple_disk_field(rng, shape), repeats)
+    print(f"diffuse-noise mask {rows}x{cols}, {repeats} repeats, 1 thread")
+    print(f"  Strauss process, coarse grid + upsampling: wall {strauss_wall:7.2f} ms   CPU {strauss_cpu:7.2f} ms (median)")
+    print(f"  10-20 skimage circles + full-size blur:   wall {simple_wall:7.2f} ms   CPU {simple_cpu:7.2f} ms (median)")
+    print(f"  speed-up: {simple_wall / strauss_wall:.1f}x (wall), {simple_cpu / strauss_cpu:.1f}x (CPU)")
     print("  Strauss stages (median CPU ms):")
-    for stage, milliseconds in stage_times(rng, shape, args.repeats).items():
+    for stage, milliseconds in stage_times(rng, shape, repeats).items():
         print(f"    {stage:52s} {milliseconds:6.2f}")
-
-
-if __name__ == "__main__":
-    main()
+    return {"strauss_cpu_ms": strauss_cpu, "simple_cpu_ms": simple_cpu}

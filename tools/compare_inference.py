@@ -1,16 +1,16 @@
 """Compare the inference of two checkouts of this repository, bundle by bundle, side by side in one run.
 
 ``speed``: milliseconds per 2048 x 2048 radiograph, end to end in a ``monai.bundle run`` process (read to
-written outputs, the benchmark's :class:`~tools.benchmark.StepTimer`), old and new checkout alternating so that
+written outputs, the benchmark's :class:`~tools.timing.StepTimer`), old and new checkout alternating so that
 both see the same load on a shared machine. ``dice``: the same held-out evaluation (``train.yaml`` +
 ``evaluate.yaml`` on the shipped weights, the cases the benchmark scores) in both checkouts. ``anatomy``: the
 lung Dice of this checkout with and without the anatomy post-processing (``cxrseg/postprocess.py``), per source.
 
 The old checkout is a plain folder, e.g. ``git archive main | tar -x -C /tmp/old``::
 
-    python -m tools.compare_inference speed --old /tmp/old --out /tmp/cmp
-    python -m tools.compare_inference dice --old /tmp/old --out /tmp/cmp
-    python -m tools.compare_inference anatomy --out /tmp/cmp
+    python -m tools compare_inference speed --old /tmp/old --out /tmp/cmp
+    python -m tools compare_inference dice --old /tmp/old --out /tmp/cmp
+    python -m tools compare_inference anatomy --out /tmp/cmp
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tools.benchmark import (
-    EVAL_SPLIT, HELD_OUT, REPO_ROOT, SHIPPED_HELD_OUT, dataset_of, large_inputs, override_arguments,
-    shipped_settings, timer_config,
-)
+
+from tools.benchmark import large_inputs
+from tools.budgets import dataset_of, held_out_overrides, shipped_settings
+from tools.budgets import held_out as held_out_cases
+from tools.bundle_runs import BUNDLES_DIR, REPO_ROOT, SHARED_DATA, override_arguments
+from tools.timing import timer_config
 
 BUNDLES = ("lung_vae", "attention_bcdunet", "res_cr_net", "opacity_unet")
 
@@ -46,22 +48,39 @@ def _run(root: Path, configs: Sequence[Path], overrides: Mapping[str, Any], thre
         raise RuntimeError(f"{' '.join(command)} failed, see {log}")
 
 
+def _timer(root: Path, run_dir: Path) -> Path:
+    """The step timer's override config for a run in checkout ``root``, naming the timer where that checkout has
+    it (``tools.benchmark.StepTimer`` in a checkout from before the benchmark's split into modules)."""
+    path = timer_config(run_dir / "timer.json", "evaluator", run_dir / "timing.json", False)
+    if not (root / "tools" / "timing.py").is_file():
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["benchmark_timer"]["_target_"] = "tools.benchmark.StepTimer"
+        path.write_text(json.dumps(config, indent=1), encoding="utf-8")
+    return path
+
+
 def _large_ms(root: Path, bundle: str, large_dir: Path, run_dir: Path, threads: int) -> list[float]:
     """End-to-end ms of each image of one inference run over ``large_dir`` but the first (which warms up)."""
     bundle_dir = root / "bundles" / bundle
-    timer = timer_config(run_dir / "timer.json", "evaluator", run_dir / "timing.json", False)
+    timer = _timer(root, run_dir)
     overrides = {"bundle_root": bundle_dir, "dataset_dir": large_dir, "output_dir": run_dir / "out", "num_workers": 0}
     _run(root, [bundle_dir / "configs" / "inference.yaml", timer], overrides, threads, run_dir / "infer.log")
     timing = json.loads((run_dir / "timing.json").read_text(encoding="utf-8"))
     return [1000 * seconds for seconds in timing["iteration_s_each"][1:]]
 
 
-def speed(old: str, out: str = "/tmp/cxrseg-compare", bundles: Sequence[str] = BUNDLES, rounds: int = 3,
-          images: int = 4, threads: int = 2) -> dict[str, dict[str, float]]:
+def speed(
+    old: str,
+    out: str = "/tmp/cxrseg-compare",
+    bundles: Sequence[str] = BUNDLES,
+    rounds: int = 3,
+    images: int = 4,
+    threads: int = 2,
+) -> dict[str, dict[str, float]]:
     """ms per 2048 x 2048 image, old vs new checkout: ``rounds`` alternating runs of ``images`` inputs each; the
     fastest image (the least disturbed by other jobs on a shared machine) and the median."""
     out_dir, roots = Path(out), {"old": Path(old).resolve(), "new": REPO_ROOT}
-    source = sorted((dataset_of("lung_vae", None) / "images").iterdir())[0]
+    source = sorted((dataset_of(BUNDLES_DIR / "lung_vae", None) / "images").iterdir())[0]
     large_dir = large_inputs(str(source), out_dir / "large_in", repeats=images)
     times: dict[str, dict[str, list[float]]] = {bundle: {name: [] for name in roots} for bundle in bundles}
     for round_index in range(rounds):
@@ -70,29 +89,42 @@ def speed(old: str, out: str = "/tmp/cxrseg-compare", bundles: Sequence[str] = B
                 run_dir = out_dir / "speed" / f"{bundle}_{name}_{round_index}"
                 times[bundle][name] += _large_ms(root, bundle, large_dir, run_dir, threads)
     summary = {
-        bundle: {f"{name}_{stat}": float(function(ms)) for name, ms in by_root.items()
-                 for stat, function in (("best", np.min), ("median", np.median))}
+        bundle: {
+            f"{name}_{stat}": float(function(ms))
+            for name, ms in by_root.items()
+            for stat, function in (("best", np.min), ("median", np.median))
+        }
         for bundle, by_root in times.items()
     }
     print("| bundle | old ms best (median) | new ms best (median) | old / new (best) |\n|---|---|---|---|")
     for bundle, ms in summary.items():
-        print(f"| {bundle} | {ms['old_best']:.0f} ({ms['old_median']:.0f}) | {ms['new_best']:.0f} ({ms['new_median']:.0f})"
-              f" | {ms['old_best'] / ms['new_best']:.1f} |")
+        print(
+            f"| {bundle} | {ms['old_best']:.0f} ({ms['old_median']:.0f})"
+            f" | {ms['new_best']:.0f} ({ms['new_median']:.0f}) | {ms['old_best'] / ms['new_best']:.1f} |"
+        )
     return summary
 
 
 def held_out(bundle: str) -> dict[str, Any]:
-    """The held-out cases the benchmark scores the shipped weights on."""
-    return {"validate#dataset#data#split": EVAL_SPLIT, **HELD_OUT.get(bundle, {}), **SHIPPED_HELD_OUT.get(bundle, {})}
+    """Overrides selecting the held-out cases the benchmark scores the shipped weights on (this checkout's metadata
+    ``held_out``, also for the old checkout, which may predate the key)."""
+    return held_out_overrides(held_out_cases(BUNDLES_DIR / bundle, shipped_weights=True))
 
 
-def evaluate(root: Path, bundle: str, dataset: Path, run_dir: Path, overrides: Mapping[str, Any] | None = None,
-             threads: int = 1) -> dict[str, Any]:
+def evaluate(
+    root: Path, bundle: str, dataset: Path, run_dir: Path, overrides: Mapping[str, Any] | None = None, threads: int = 1
+) -> dict[str, Any]:
     """``metrics_summary.json`` of the shipped weights of ``bundle`` in checkout ``root`` on ``dataset``."""
     bundle_dir = root / "bundles" / bundle
     settings = {
-        "bundle_root": bundle_dir, "dataset_dir": dataset, "ckpt_dir": bundle_dir / "models",
-        "output_dir": run_dir, "num_workers": 0, **shipped_settings(bundle_dir), **held_out(bundle), **(overrides or {}),
+        "bundle_root": bundle_dir,
+        "dataset_dir": dataset,
+        "ckpt_dir": bundle_dir / "models",
+        "output_dir": run_dir,
+        "num_workers": 0,
+        **shipped_settings(bundle_dir),
+        **held_out(bundle),
+        **(overrides or {}),
     }
     configs = [bundle_dir / "configs" / "train.yaml", bundle_dir / "configs" / "evaluate.yaml"]
     _run(root, configs, settings, threads, run_dir / "evaluate.log")
@@ -103,7 +135,9 @@ def _dice(summary: Mapping[str, Any]) -> dict[str, str]:
     """``mean ± sd (worst)`` Dice per structure of a metrics summary."""
     return {
         name: f"{dice['mean']:.4f} ± {dice['sd']:.4f} ({dice['worst']:.3f})"
-        for name, stats in summary["labels"].items() for dice in [stats["all"]["dice"]] if dice["mean"] is not None
+        for name, stats in summary["labels"].items()
+        for dice in [stats["all"]["dice"]]
+        if dice["mean"] is not None
     }
 
 
@@ -112,8 +146,12 @@ def dice(old: str, out: str = "/tmp/cxrseg-compare", bundles: Sequence[str] = BU
     out_dir, roots = Path(out), {"old": Path(old).resolve(), "new": REPO_ROOT}
     print("| bundle | structure | old Dice | new Dice |\n|---|---|---|---|")
     for bundle in bundles:
-        scores = {name: _dice(evaluate(root, bundle, dataset_of(bundle, None), out_dir / "dice" / f"{bundle}_{name}"))
-                  for name, root in roots.items()}
+        scores = {
+            name: _dice(
+                evaluate(root, bundle, dataset_of(BUNDLES_DIR / bundle, None), out_dir / "dice" / f"{bundle}_{name}")
+            )
+            for name, root in roots.items()
+        }
         for structure in scores["new"]:
             print(f"| {bundle} | {structure} | {scores['old'].get(structure, '–')} | {scores['new'][structure]} |")
 
@@ -125,8 +163,12 @@ def _per_case_dice(run_dir: Path, structure: str) -> dict[str, float]:
         return {row["case"]: float(row[f"{structure}_dice"]) for row in csv.DictReader(handle)}
 
 
-def anatomy(out: str = "/tmp/cxrseg-compare", bundles: Sequence[str] = ("lung_vae", "attention_bcdunet", "res_cr_net"),
-            sources: Sequence[str] = ("jsrt", "montgomery", "shenzhen"), limit: int | None = None) -> None:
+def anatomy(
+    out: str = "/tmp/cxrseg-compare",
+    bundles: Sequence[str] = ("lung_vae", "attention_bcdunet", "res_cr_net"),
+    sources: Sequence[str] = ("jsrt", "montgomery", "shenzhen"),
+    limit: int | None = None,
+) -> None:
     """Lung Dice of the shipped weights on each source's held-out cases (at most ``limit``, a seeded subset) with
     the anatomy filter and without it (``anatomy_postprocessing: false``), and how many cases it changed."""
     out_dir = Path(out)
@@ -134,7 +176,7 @@ def anatomy(out: str = "/tmp/cxrseg-compare", bundles: Sequence[str] = ("lung_va
     print("|---|---|---|---|---|---|---|---|")
     for bundle in bundles:
         for source in sources:
-            dataset = dataset_of(bundle, str(REPO_ROOT.parent / "shared" / "data" / source))
+            dataset = dataset_of(BUNDLES_DIR / bundle, str(SHARED_DATA / source))
             runs = {flag: out_dir / "anatomy" / f"{bundle}_{source}_{flag}" for flag in ("without", "with")}
             scores = {}
             for flag, run_dir in runs.items():
@@ -145,12 +187,12 @@ def anatomy(out: str = "/tmp/cxrseg-compare", bundles: Sequence[str] = ("lung_va
             cases = {flag: _per_case_dice(run_dir, structure) for flag, run_dir in runs.items()}
             change = [cases["with"][case] - cases["without"][case] for case in cases["with"]]
             changed = [delta for delta in change if abs(delta) > 1e-9]
-            print(f"| {bundle} | {source} | {len(change)} | {scores['without']['mean']:.4f} ({scores['without']['worst']:.3f})"
-                  f" | {scores['with']['mean']:.4f} ({scores['with']['worst']:.3f}) | {len(changed)}"
-                  f" | {max(change):+.4f} | {min(change):+.4f} |")
+            print(
+                f"| {bundle} | {source} | {len(change)}"
+                f" | {scores['without']['mean']:.4f} ({scores['without']['worst']:.3f})"
+                f" | {scores['with']['mean']:.4f} ({scores['with']['worst']:.3f}) | {len(changed)}"
+                f" | {max(change):+.4f} | {min(change):+.4f} |"
+            )
 
 
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire({"speed": speed, "dice": dice, "anatomy": anatomy})
+COMMANDS = {"speed": speed, "dice": dice, "anatomy": anatomy}

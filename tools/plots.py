@@ -1,4 +1,4 @@
-"""Figures of a benchmark run (``tools.benchmark``): training curves, per-case Dice box plots, worst-case overlays.
+"""Figures of a benchmark run (``python -m tools benchmark``): training curves, per-case Dice box plots, worst cases.
 
 Everything is read back from the files the bundle runs wrote (TensorBoard events, ``metrics_per_case.csv``,
 ``<stem>_seg.png``), so the figures can be redrawn from a finished run without training again.
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
+
+from tools.bundle_runs import BUNDLES_DIR, read_bundle_yaml, scored_cases
 
 LOG = logging.getLogger("tools.plots")
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
 WORST_PER_BUNDLE = 3
 
 
@@ -110,16 +110,14 @@ def dice_boxplots(records: Sequence[Mapping[str, Any]], out_file: Path) -> Path 
 def _reference_label_map(bundle_dir: Path, entry: Mapping[str, Any]) -> np.ndarray:
     from cxrseg.transforms import LoadLabelMapd
 
-    config = yaml.safe_load((bundle_dir / "configs" / "train.yaml").read_text(encoding="utf-8"))
-    label = LoadLabelMapd(keys="label", classes=config["label_classes"])({"label": entry["label"]})["label"]
+    classes = read_bundle_yaml(bundle_dir, "train.yaml")["label_classes"]
+    label = LoadLabelMapd(keys="label", classes=classes)({"label": entry["label"]})["label"]
     return np.asarray(label)[0]
 
 
 def worst_cases(records: Sequence[Mapping[str, Any]], out_file: Path, count: int = WORST_PER_BUNDLE) -> Path | None:
     """A sheet of each bundle's ``count`` lowest mean-Dice cases: reference outlines green, prediction red."""
     from PIL import Image
-
-    from tools.benchmark import scored_cases
 
     panels = []
     for record in records:

@@ -8,6 +8,7 @@ posterior-anterior radiograph in standard display the patient's right lung is on
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 SIDES = ("right", "left")
 # the mediastinum is looked for in the central part of the lung field's width, leaving this fraction each side
@@ -41,3 +42,20 @@ def lung_sides(lung: np.ndarray) -> dict[str, np.ndarray]:
     columns = np.arange(lung.shape[1])[None, :]
     midline = midline_column(lung)
     return {"right": lung & (columns < midline), "left": lung & (columns >= midline)}
+
+
+def measure_lung_field(lung: np.ndarray) -> dict[str, float]:
+    """The lung columns of ``measurements.csv``, one vocabulary for every lung bundle: area in pixels of the
+    patient's right and left lung, the left/right area ratio (NaN without a right lung) and the number of lung
+    components (2 expected; more flags fragments, 1 a merged or missing lung). The total lung area is the
+    writer's ``area_px_<label>`` column, so it is not repeated here."""
+    lung = np.asarray(lung, dtype=bool)
+    sides = lung_sides(lung)
+    right_area, left_area = int(sides["right"].sum()), int(sides["left"].sum())
+    _, components = ndimage.label(lung, structure=np.ones((3, 3)))
+    return {
+        "right_lung_area_px": right_area,
+        "left_lung_area_px": left_area,
+        "left_to_right_area_ratio": left_area / right_area if right_area else float("nan"),
+        "lung_components": int(components),
+    }

@@ -1,4 +1,5 @@
-"""Conventions of README that hold for every bundle without training it: loader workers, copied bundles.
+"""Conventions of README that hold for every bundle without training it: loader workers, copied bundles, the
+labels metadata declares, and the lung columns of ``measurements.csv``.
 
 Each test is parametrised over the bundle folders (``conftest.bundle_names``), so a new bundle is covered by
 adding its folder.
@@ -6,15 +7,21 @@ adding its folder.
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from conftest import BUNDLES_DIR, bundle_names
 from monai.bundle import ConfigParser
+
+from cxrseg.bundle import bundle_imports
 
 COPY_CHECK_MARKER = "# A bundle copied with `cp -r`"
 
@@ -64,3 +71,49 @@ def test_bundle_copied_with_its_link_fails_saying_how_to_copy_it(bundle: str, tm
     last_line = result.stderr.strip().splitlines()[-1]
     assert f"{copied / 'scripts' / 'cxrseg'} does not resolve" in last_line, result.stderr[-2000:]
     assert f"python -m tools package {bundle}" in last_line and "cp -rL" in last_line
+
+
+def network_format(bundle: str) -> dict:
+    metadata = json.loads((BUNDLES_DIR / bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    return metadata["network_data_format"]
+
+
+@pytest.mark.parametrize("bundle", bundle_names())
+def test_metadata_channels_match_what_the_network_emits(bundle: str) -> None:
+    """``num_channels`` is the network's output channels; ``channel_def`` names the label values of the label
+    map, 0 to N without gaps, among them every label the network decides: one per channel where channels are
+    classes (argmax), background and foreground for a single sigmoid channel. A two-stage bundle may add
+    labels from its other stage (opacity_unet's clear lung)."""
+    formats = network_format(bundle)
+    image, pred = formats["inputs"]["image"], formats["outputs"]["pred"]
+    bundle_dir = BUNDLES_DIR / bundle
+    with bundle_imports(bundle_dir):
+        parser = ConfigParser()
+        parser.read_config(str(bundle_dir / "configs" / "inference.yaml"))
+        parser["bundle_root"] = str(bundle_dir)
+        network = parser.get_parsed_content("network_def").eval()
+        with torch.no_grad():
+            output = network(torch.zeros(1, image["num_channels"], *image["spatial_shape"]))
+    assert output.shape[1] == pred["num_channels"]
+    labels = sorted(int(value) for value in pred["channel_def"])
+    assert labels == list(range(len(labels))) and pred["channel_def"]["0"] == "background"
+    assert set(range(max(2, pred["num_channels"]))) <= set(labels)
+
+
+def lung_bundles() -> list[str]:
+    """Bundles whose label map is background and lung only."""
+    return [b for b in bundle_names() if network_format(b)["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "lung"}]
+
+
+def test_lung_bundles_write_the_same_lung_columns() -> None:
+    label_map = np.zeros((40, 60), dtype=np.uint8)
+    label_map[5:35, 5:25] = 1
+    label_map[5:30, 35:55] = 1
+    columns = {}
+    for bundle in lung_bundles():
+        with bundle_imports(BUNDLES_DIR / bundle):
+            measured = importlib.import_module("scripts.measurements").measure_lungs(label_map)
+        columns[bundle] = measured
+        assert measured["right_lung_area_px"] == 600 and measured["left_lung_area_px"] == 500
+    assert len(columns) >= 2, "lung_vae and res_cr_net are lung bundles"
+    assert len({tuple(measured) for measured in columns.values()}) == 1, columns

@@ -128,9 +128,11 @@ def test_measurements_assign_lungs_by_image_side(scripts) -> None:
     label_map[10:40, 5:25] = 1  # image left: the patient's right lung
     label_map[10:30, 35:55] = 1
     assert scripts.measurements.measure_lungs(label_map) == {
-        "right_lung_area_px": 600, "left_lung_area_px": 400, "total_lung_area_px": 1000,
+        "right_lung_area_px": 600, "left_lung_area_px": 400, "left_to_right_area_ratio": 400 / 600,
+        "lung_components": 2,
     }
-    assert scripts.measurements.measure_lungs(np.zeros((8, 8), np.uint8))["total_lung_area_px"] == 0
+    empty = scripts.measurements.measure_lungs(np.zeros((8, 8), np.uint8))
+    assert empty["right_lung_area_px"] == empty["left_lung_area_px"] == empty["lung_components"] == 0
 
 
 def test_latent_sampling_inferer_gives_mean_and_spread(scripts) -> None:

@@ -61,6 +61,7 @@ from monai.engines import SupervisedEvaluator
 from PIL import Image
 
 from .io import SUPPORTED_SUFFIXES, is_radiograph_file
+from .library_internals import default_iteration
 
 SOURCE_KEY = "source"
 ERROR_KEY = "error"
@@ -271,12 +272,14 @@ class TolerantDataset(Dataset):
     that already are such records (unusable files found by the listing) pass through untransformed.
     """
 
-    def _transform(self, index: int) -> Any:
-        entry = self.data[index]
+    def __getitem__(self, index: int | slice | Sequence[int]) -> Any:
+        if isinstance(index, (slice, Sequence)):
+            return super().__getitem__(index)  # a Subset, whose items come back here one by one
+        entry = self.data[index]  # out of range stays an IndexError, which ends iteration over the dataset
         if ERROR_KEY in entry:
             return dict(entry)
         try:
-            return super()._transform(index)
+            return super().__getitem__(index)
         except Exception as error:  # any failure of one file must not stop the others
             source = entry.get(SOURCE_KEY, entry.get("image"))
             record = {key: entry[key] for key in (FILE_KEY, OUTPUT_KEY) if key in entry}
@@ -298,7 +301,7 @@ def tolerant_iteration(engine: SupervisedEvaluator, batchdata: dict) -> dict:
     if ERROR_KEY in batchdata:
         return batchdata
     try:
-        return engine._iteration(engine, batchdata)
+        return default_iteration(engine, batchdata)
     except Exception as error:  # e.g. out of memory on one huge input
         source = batchdata.get(SOURCE_KEY)
         source = source[0] if isinstance(source, list) else source

@@ -8,6 +8,8 @@ from typing import Any
 
 from monai.handlers import CheckpointSaver
 
+from .library_internals import make_checkpoints_atomic
+
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 
 
@@ -24,9 +26,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is not None:
-                checkpoint.save_handler._atomic = True
+        make_checkpoints_atomic(self)
 
 
 def _checkpoint_order(path: Path) -> tuple[int, float]:

@@ -231,3 +231,23 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_only(terminal: bool) -> N
         assert "inference: [3/3] 100%" in shown and "it/s" in shown and "<00:00" in shown, shown
     else:
         assert shown == ""
+
+
+def test_tolerant_dataset_indexing(tmp_path: Path) -> None:
+    """Through the public ``__getitem__``: a failing file is an error record keeping its ``file``/``output``, a
+    look-alike record passes through untransformed, a slice is a Subset whose items are tolerant too, and an
+    index out of range is still an ``IndexError`` (what ends a plain iteration over the dataset)."""
+    write_inputs(tmp_path / "in")
+    (tmp_path / "in" / "animation.gif").write_bytes(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;")
+    entries = list_radiographs(tmp_path / "in")
+    dataset = TolerantDataset(entries, transform=Compose([LoadImaged("image", reader=RadiographReader())]))
+    by_file = {entry["file"]: dataset[index] for index, entry in enumerate(entries)}
+    assert set(by_file) == {"animation.gif", "corrupt.png", "half.png", "white photo.jpg"}
+    assert by_file["animation.gif"]["status"] == "skipped" and "image" not in by_file["animation.gif"]
+    assert by_file["corrupt.png"]["output"] == "corrupt" and "corrupt.png" in by_file["corrupt.png"]["error"]
+    assert "error" not in by_file["half.png"] and tuple(by_file["half.png"]["image"].shape) == (90, 60)
+    subset = dataset[1:3]
+    assert [item.get("file") for item in subset] == [entry["file"] for entry in entries[1:3]]
+    with pytest.raises(IndexError):
+        dataset[len(entries)]
+    assert len(list(dataset)) == len(entries)

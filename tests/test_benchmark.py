@@ -35,14 +35,27 @@ def group(dice: float) -> dict:
 def opacity_record() -> dict:
     """Three cases, one without opacity in the reference: Dice 0.4 over all, 0.6 over the two with opacity."""
     return {
-        "bundle": "opacity_unet", "dataset": "/data/covid_opacity", "held_out": held_out_name(
-            {"split": "validation", "num_folds": 5, "fold": 1}),
-        "metrics": {"cases": 3, "labels": {"opacity": {
-            "all": group(0.4), "reference_present": group(0.6),
-            "reference_absent": {"cases": 1, "false_positive_fraction": stats(0.05, 0.0, 0.05)},
-        }}},
-        "infer": {"parameters": 1234, "images_per_s": 2.0, "iteration_s_each": [1.0, 0.5, 0.3], "threads": 1,
-                  "peak_rss_mb": 900.0, "device_name": "CPU test"},
+        "bundle": "opacity_unet",
+        "dataset": "/data/covid_opacity",
+        "held_out": held_out_name({"split": "validation", "num_folds": 5, "fold": 1}),
+        "metrics": {
+            "cases": 3,
+            "labels": {
+                "opacity": {
+                    "all": group(0.4),
+                    "reference_present": group(0.6),
+                    "reference_absent": {"cases": 1, "false_positive_fraction": stats(0.05, 0.0, 0.05)},
+                }
+            },
+        },
+        "infer": {
+            "parameters": 1234,
+            "images_per_s": 2.0,
+            "iteration_s_each": [1.0, 0.5, 0.3],
+            "threads": 1,
+            "peak_rss_mb": 900.0,
+            "device_name": "CPU test",
+        },
     }
 
 
@@ -100,7 +113,9 @@ def test_lung_stage_comes_from_the_inference_config(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="opacity_unet needs trained lung_vae weights"):
         lung_stage_overrides(BUNDLES_DIR / "opacity_unet", None)
     overrides = lung_stage_overrides(BUNDLES_DIR / "opacity_unet", tmp_path / "lung.pt", [64, 64])
-    assert overrides["lung_ckpt_path"] == tmp_path / "lung.pt" and overrides["lung_overrides"] == {"image_size": [64, 64]}
+    assert overrides["lung_ckpt_path"] == tmp_path / "lung.pt" and overrides["lung_overrides"] == {
+        "image_size": [64, 64]
+    }
 
 
 def test_plots_do_not_import_the_benchmark() -> None:
@@ -119,7 +134,9 @@ def test_every_tool_runs_through_python_m_tools() -> None:
         if module.name == "__main__.py":
             continue
         tree = ast.parse(module.read_text(encoding="utf-8"))
-        main_guards = [node for node in ast.walk(tree) if isinstance(node, ast.Compare) and "__main__" in ast.unparse(node)]
+        main_guards = [
+            node for node in ast.walk(tree) if isinstance(node, ast.Compare) and "__main__" in ast.unparse(node)
+        ]
         assert not main_guards, f"{module.name}: run it through python -m tools, not on its own"
     assert {"tools.bench_strauss", "tools.bench_memory", "tools.benchmark", "tools.synthetic"} <= registered
 

@@ -62,8 +62,18 @@ def test_bundle_copied_with_its_link_fails_saying_how_to_copy_it(bundle: str, tm
     assert (copied / "scripts" / "cxrseg").is_symlink() and not (copied / "scripts" / "cxrseg").exists()
     (tmp_path / "in").mkdir()
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(copied / "configs" / "inference.yaml"),
-        "--bundle_root", str(copied), "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(copied / "configs" / "inference.yaml"),
+        "--bundle_root",
+        str(copied),
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(tmp_path / "out"),
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH="")
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -102,7 +112,11 @@ def test_metadata_channels_match_what_the_network_emits(bundle: str) -> None:
 
 def lung_bundles() -> list[str]:
     """Bundles whose label map is background and lung only."""
-    return [b for b in bundle_names() if network_format(b)["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "lung"}]
+    return [
+        b
+        for b in bundle_names()
+        if network_format(b)["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "lung"}
+    ]
 
 
 def test_lung_bundles_write_the_same_lung_columns() -> None:

@@ -14,7 +14,6 @@ from cxrseg.data import load_split
 from cxrseg.phantoms import STRUCTURES, default_dataset_dir, generate_dataset, generate_phantom
 
 
-
 def _phantoms(count: int, size: int = 256, opacity: bool | float = True) -> list[tuple]:
     return [generate_phantom(np.random.default_rng([11, index]), size, opacity) for index in range(count)]
 

@@ -18,10 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from badinputs import (
+    ERROR,
+    IGNORED,
+    LOOKALIKES,
+    OK,
+    radiograph,
+    write_dicom_source,
+    write_inference_folder,
+    write_shenzhen_source,
+)
+from conftest import BUNDLES_DIR, REPO_ROOT, bundle_names, save_untrained_weights
 from PIL import Image
 
-from badinputs import ERROR, IGNORED, LOOKALIKES, OK, radiograph, write_dicom_source, write_inference_folder, write_shenzhen_source
-from conftest import BUNDLES_DIR, REPO_ROOT, bundle_names, save_untrained_weights
 from cxrseg.io import read_radiograph
 from tools.budgets import lung_stage_bundle, lung_stage_overrides, shipped_lung_weights
 from tools.bundle_runs import monai_run, subprocess_env

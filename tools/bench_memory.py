@@ -28,7 +28,11 @@ def measure_variant(
     """Train ``bundle_dir`` with ``overrides`` and return the trainer's timing record (peak RSS, step times)."""
     timer = timer_config(run_dir / "timer.json", "train#trainer", run_dir / "timing.json", seeded=True)
     result = monai_run(
-        [bundle_dir / "configs" / "train.yaml", timer], overrides, timeout, threads, run_dir / "train.log",
+        [bundle_dir / "configs" / "train.yaml", timer],
+        overrides,
+        timeout,
+        threads,
+        run_dir / "train.log",
         bundle_on_path=True,
     )
     if result.returncode != 0:
@@ -53,8 +57,13 @@ def memory(
     chosen = json.loads(variants) if isinstance(variants, str) else (variants or DEFAULT_VARIANTS)
     bundle_dir = BUNDLES_DIR / bundle
     common = {
-        "bundle_root": bundle_dir, "dataset_dir": Path(dataset_dir), "image_size": list(image_size),
-        "batch_size": batch_size, "train_size": batch_size * steps, "epochs": 1, "val_interval": 1000,
+        "bundle_root": bundle_dir,
+        "dataset_dir": Path(dataset_dir),
+        "image_size": list(image_size),
+        "batch_size": batch_size,
+        "train_size": batch_size * steps,
+        "epochs": 1,
+        "val_interval": 1000,
         "num_workers": 0,
     }
     results: dict[str, dict[str, Any]] = {}
@@ -63,6 +72,9 @@ def memory(
         run = {**common, "ckpt_dir": run_dir / "models", "output_dir": run_dir / "eval", **overrides}
         timing = measure_variant(bundle_dir, run, run_dir, threads, timeout)
         results[name] = {key: timing.get(key) for key in ("peak_rss_mb", "peak_gpu_mb", "step_s_median", "device")}
-        print(f"{name}: peak RSS {timing['peak_rss_mb']:.0f} MB, step {timing['step_s_median']:.1f} s "
-              f"(median of {timing['timed_iterations']}), {timing['device']}, {threads} thread(s)", flush=True)
+        print(
+            f"{name}: peak RSS {timing['peak_rss_mb']:.0f} MB, step {timing['step_s_median']:.1f} s "
+            f"(median of {timing['timed_iterations']}), {timing['device']}, {threads} thread(s)",
+            flush=True,
+        )
     return results

@@ -57,13 +57,18 @@ def stage_times(rng: np.random.RandomState, shape: tuple[int, int], repeats: int
     blurred = ndimage.gaussian_filter(disks, 0.02 * shape[0] * scale)
     return {
         "sample_strauss (birth-death chain, 120 proposals)": milliseconds_per_call(
-            lambda: sample_strauss(rng, coarse, 12.0, 0.3, 0.1 * coarse[0], 120), repeats)[1],
+            lambda: sample_strauss(rng, coarse, 12.0, 0.3, 0.1 * coarse[0], 120), repeats
+        )[1],
         "draw_disks (coarse grid)": milliseconds_per_call(lambda: draw_disks(coarse, centres, radii), repeats)[1],
         "gaussian_filter (coarse grid)": milliseconds_per_call(
-            lambda: ndimage.gaussian_filter(disks, 0.02 * shape[0] * scale), repeats)[1],
+            lambda: ndimage.gaussian_filter(disks, 0.02 * shape[0] * scale), repeats
+        )[1],
         "bilinear upsampling to full size": milliseconds_per_call(
-            lambda: torch.nn.functional.interpolate(torch.from_numpy(blurred)[None, None], size=shape,
-                                                    mode="bilinear", align_corners=False), repeats)[1],
+            lambda: torch.nn.functional.interpolate(
+                torch.from_numpy(blurred)[None, None], size=shape, mode="bilinear", align_corners=False
+            ),
+            repeats,
+        )[1],
     }
 
 
@@ -79,7 +84,9 @@ def strauss(rows: int = 640, cols: int = 512, repeats: int = 200) -> dict[str, f
     strauss_wall, strauss_cpu = milliseconds_per_call(lambda: strauss_field(rng, shape), repeats)
     simple_wall, simple_cpu = milliseconds_per_call(lambda: simple_disk_field(rng, shape), repeats)
     print(f"diffuse-noise mask {rows}x{cols}, {repeats} repeats, 1 thread")
-    print(f"  Strauss process, coarse grid + upsampling: wall {strauss_wall:7.2f} ms   CPU {strauss_cpu:7.2f} ms (median)")
+    print(
+        f"  Strauss process, coarse grid + upsampling: wall {strauss_wall:7.2f} ms   CPU {strauss_cpu:7.2f} ms (median)"
+    )
     print(f"  10-20 skimage circles + full-size blur:   wall {simple_wall:7.2f} ms   CPU {simple_cpu:7.2f} ms (median)")
     print(f"  speed-up: {simple_wall / strauss_wall:.1f}x (wall), {simple_cpu / strauss_cpu:.1f}x (CPU)")
     print("  Strauss stages (median CPU ms):")

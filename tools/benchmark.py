@@ -100,7 +100,9 @@ class BundleRun:
 
     def timer(self, name: str, engine_id: str, seeded: bool) -> Path:
         """An override config timing ``engine_id`` into ``timing_<name>.json`` (read back by :meth:`timing`)."""
-        return timer_config(self.run_dir / f"timer_{name}.json", engine_id, self.run_dir / f"timing_{name}.json", seeded)
+        return timer_config(
+            self.run_dir / f"timer_{name}.json", engine_id, self.run_dir / f"timing_{name}.json", seeded
+        )
 
     def timing(self, name: str) -> dict | None:
         return read_json(self.run_dir / f"timing_{name}.json")
@@ -152,7 +154,9 @@ def run_bundle(
     cases_in = run_dir / "inference_in"
     entries = inference_inputs(dataset_dir, cases_in, INFERENCE_LIMIT, evaluated_case_names(run_dir / "eval"))
     infer_files = [configs / "inference.yaml", run.timer("infer", "evaluator", seeded=False)]
-    if not run.stage("infer", infer_files, {**inference, "dataset_dir": cases_in, "output_dir": run_dir / "inference_out"}):
+    if not run.stage(
+        "infer", infer_files, {**inference, "dataset_dir": cases_in, "output_dir": run_dir / "inference_out"}
+    ):
         return run.record
     run.record["infer"] = run.timing("infer")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tools.bundle_runs import BUNDLES_DIR, SHARED_DATA, parse_bundle_config, read_bundle_yaml, read_metadata
+from tools.bundle_runs import SHARED_DATA, parse_bundle_config, read_bundle_yaml, read_metadata
 
 LARGE_SIDE = 2048
 SPLIT_ID = "validate#dataset#data#split"
@@ -140,4 +140,3 @@ def lung_stage_overrides(
     if lung_image_size is not None:
         overrides["lung_overrides"] = {"image_size": list(lung_image_size)}
     return overrides
-

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser, ckpt_export, onnx_export
 
-from cxrseg.bundle import bundle_imports
 from cxrseg.backends import onnx_session, run_session
+from cxrseg.bundle import bundle_imports
 from tools.package import resolve_bundle
 
 FORMATS = ("torchscript", "onnx")

@@ -146,7 +146,7 @@ def worst_cases(records: Sequence[Mapping[str, Any]], out_file: Path, count: int
     figure, axes = plt.subplots(rows_count, columns_count, figsize=(4 * columns_count, 4.3 * rows_count), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
-    for axis, (title, pixels, reference, prediction) in zip(axes.ravel(), panels):
+    for axis, (title, pixels, reference, prediction) in zip(axes.ravel(), panels, strict=False):
         axis.imshow(pixels, cmap="gray")
         for value in range(1, int(max(reference.max(), prediction.max())) + 1):
             if (reference == value).any():
@@ -166,7 +166,9 @@ def draw_all(records: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     drawn = []
     for name, draw in (
-        ("training_curves.png", training_curves), ("dice_boxplots.png", dice_boxplots), ("worst_cases.png", worst_cases)
+        ("training_curves.png", training_curves),
+        ("dice_boxplots.png", dice_boxplots),
+        ("worst_cases.png", worst_cases),
     ):
         try:
             path = draw(records, out_dir / name)

@@ -93,17 +93,23 @@ def markdown(records: Sequence[Mapping[str, Any]], budget_name: str, started: st
     profiled = [r for r in records if r.get("large_profile_ms")]
     if profiled:
         names = list(profiled[0]["large_profile_ms"]["stages"])
-        lines += ["", f"Where one {LARGE_SIDE}x{LARGE_SIDE} inference spends its time (ms, in-process, best of 2; "
-                  "the three costliest steps last):", "",
-                  "| bundle | threads | " + " | ".join(names) + " | costliest steps |",
-                  "|---|---|" + "---|" * (len(names) + 1)]
+        lines += [
+            "",
+            f"Where one {LARGE_SIDE}x{LARGE_SIDE} inference spends its time (ms, in-process, best of 2; "
+            "the three costliest steps last):",
+            "",
+            "| bundle | threads | " + " | ".join(names) + " | costliest steps |",
+            "|---|---|" + "---|" * (len(names) + 1),
+        ]
         for record in profiled:
             profile = record["large_profile_ms"]
             costliest = sorted(profile["steps"].items(), key=lambda step: -step[1])[:3]
             lines.append(
                 f"| {record['bundle']} | {record.get('infer_large', {}).get('threads', '–')} | "
-                + " | ".join(str(profile["stages"][n]) for n in names) + " | "
-                + ", ".join(f"{name} {ms:.0f}" for name, ms in costliest) + " |"
+                + " | ".join(str(profile["stages"][n]) for n in names)
+                + " | "
+                + ", ".join(f"{name} {ms:.0f}" for name, ms in costliest)
+                + " |"
             )
     comparison = [r for r in records if r.get("train_without_cache")]
     for record in comparison:

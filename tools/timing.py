@@ -78,7 +78,7 @@ class StepTimer:
             "loader_s_mean": float(np.mean(loader)) if loader else None,
             "step_s_mean": float(np.mean(step)) if step else None,
             "step_s_median": float(np.median(step)) if step else None,
-            "iteration_s_each": [a + b for a, b in zip(self.loader_s, self.step_s)],
+            "iteration_s_each": [a + b for a, b in zip(self.loader_s, self.step_s, strict=True)],
             "loader_fraction": float(np.sum(loader) / (np.sum(loader) + np.sum(step))) if step else None,
             "images_per_s": float(np.sum(images) / (np.sum(loader) + np.sum(step))) if step else None,
             "epoch_s": self.epoch_s,
@@ -139,7 +139,12 @@ def timed_transforms(transforms: Sequence[Any], item: dict, stage: str, times: d
 
 
 def stage_profile(
-    bundle_dir: Path, image: Path, weights: Path, overrides: Mapping[str, Any], threads: int, out_dir: Path,
+    bundle_dir: Path,
+    image: Path,
+    weights: Path,
+    overrides: Mapping[str, Any],
+    threads: int,
+    out_dir: Path,
     repeats: int = 2,
 ) -> dict[str, dict[str, float]]:
     """Where the time of one inference goes, in-process, with the bundle's own ``inference.yaml`` objects; the
@@ -178,8 +183,10 @@ def stage_profile(
                 best = {key: min(value, best.get(key, value)) for key, value in steps.items()}
     finally:
         torch.set_num_threads(previous_threads)
-    stages = {name: sum(v for k, v in best.items() if k.split(":")[0] == name)
-              for name in ("preprocess", "network", "postprocess", "write_png")}
+    stages = {
+        name: sum(v for k, v in best.items() if k.split(":")[0] == name)
+        for name in ("preprocess", "network", "postprocess", "write_png")
+    }
     stages["total"] = sum(stages.values())
     return {
         "stages": {key: round(1000 * value, 1) for key, value in stages.items()},

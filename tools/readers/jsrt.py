@@ -9,6 +9,7 @@ structure (``left lung``, ``right lung``, ``heart``, ``left clavicle``, ``right 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,6 @@ def find_cases(source: Path, masks: str | None = None, shape: Sequence[int] = JS
             case=case,
             patient=case,
             origin=image_path,
-            load=lambda i=image_path, m=mask_index.get(case, {}): _load(i, m, shape),
+            load=partial(_load, image_path, mask_index.get(case, {}), shape),
             metadata={"finding": finding},
         )

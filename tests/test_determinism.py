@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import BUNDLES_DIR, bundle_names
+
 from tools.bundle_runs import monai_run
 
 SMALLEST_BUNDLE = "res_cr_net"

@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 import torch
-
 from conftest import BUNDLES_DIR, REPO_ROOT
+
 from cxrseg.bundle import bundle_imports
 from tools.bundle_runs import monai_run, override_arguments, parse_bundle_config, subprocess_env
 

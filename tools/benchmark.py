@@ -104,8 +104,60 @@ class BundleRun:
             self.run_dir / f"timer_{name}.json", engine_id, self.run_dir / f"timing_{name}.json", seeded
         )
 
+    @property
+    def configs(self) -> Path:
+        return self.bundle_dir / "configs"
+
     def timing(self, name: str) -> dict | None:
+        """The record of the timer :meth:`timer` set up, or None when its run stopped before writing it."""
         return read_json(self.run_dir / f"timing_{name}.json")
+
+
+def train_stage(run: BundleRun, common: Mapping[str, Any]) -> bool:
+    """Train with the budget's schedule and the step timer; the checkpoints go to ``common["ckpt_dir"]``."""
+    files = [run.configs / "train.yaml", run.timer("train", "train#trainer", seeded=True)]
+    if not run.stage("train", files, {**common, "output_dir": run.run_dir / "train"}):
+        return False
+    run.record["train"] = run.timing("train")
+    return True
+
+
+def evaluate_stage(run: BundleRun, common: Mapping[str, Any], shipped_weights: bool) -> bool:
+    """Score the cases the weights never trained on (metadata ``held_out``) through ``evaluate.yaml``."""
+    cases = held_out(run.bundle_dir, shipped_weights)
+    run.record["held_out"] = held_out_name(cases)
+    evaluation = {**common, "output_dir": run.run_dir / "eval", **held_out_overrides(cases)}
+    if not run.stage("evaluate", [run.configs / "train.yaml", run.configs / "evaluate.yaml"], evaluation):
+        return False
+    run.record["metrics"] = read_json(run.run_dir / "eval" / "metrics_summary.json")
+    return True
+
+
+def inference_stages(run: BundleRun, inference: Mapping[str, Any], dataset_dir: Path, large_threads: int) -> None:
+    """Time the inference contract on the evaluated cases, then on full-size radiographs, and profile one of
+    those in-process."""
+    cases_in = run.run_dir / "inference_in"
+    entries = inference_inputs(dataset_dir, cases_in, INFERENCE_LIMIT, evaluated_case_names(run.run_dir / "eval"))
+    files = [run.configs / "inference.yaml", run.timer("infer", "evaluator", seeded=False)]
+    if not run.stage(
+        "infer", files, {**inference, "dataset_dir": cases_in, "output_dir": run.run_dir / "inference_out"}
+    ):
+        return
+    run.record["infer"] = run.timing("infer")
+
+    large_dir = large_inputs(entries[0]["image"], run.run_dir / "large_in")
+    files = [run.configs / "inference.yaml", run.timer("large", "evaluator", seeded=False)]
+    large_out = run.run_dir / "large_out"
+    if not run.stage(
+        "infer_large", files, {**inference, "dataset_dir": large_dir, "output_dir": large_out}, large_threads
+    ):
+        return
+    run.record["infer_large"] = run.timing("large")
+    profiled = {key: value for key, value in inference.items() if key in PROFILE_OVERRIDES}
+    weights = Path(inference["ckpt_path"])
+    run.record["large_profile_ms"] = stage_profile(
+        run.bundle_dir, large_dir / "large_0.png", weights, profiled, large_threads, large_out
+    )
 
 
 def run_bundle(
@@ -124,51 +176,25 @@ def run_bundle(
     ``lung_weights``: the lung bundle's checkpoint, for two-stage bundles (:func:`lung_stage_overrides`).
     """
     bundle_dir = BUNDLES_DIR / bundle
-    configs = bundle_dir / "configs"
     ckpt_dir = run_dir / "models" if budget.train else bundle_dir / "models"
     if run_dir.exists():
         shutil.rmtree(run_dir)
     common = {"bundle_root": bundle_dir, "dataset_dir": dataset_dir, "ckpt_dir": ckpt_dir, **budget.overrides()}
     if not budget.train:
         common |= shipped_settings(bundle_dir)
-    run = BundleRun(bundle_dir, run_dir, threads, timeout, {"bundle": bundle, "dataset": str(dataset_dir)})
-    run.record["run_dir"] = str(run_dir)
-
-    if budget.train:
-        train_files = [configs / "train.yaml", run.timer("train", "train#trainer", seeded=True)]
-        if not run.stage("train", train_files, {**common, "output_dir": run_dir / "train"}):
-            return run.record
-        run.record["train"] = run.timing("train")
-    cases = held_out(bundle_dir, shipped_weights=not budget.train)
-    run.record["held_out"] = held_out_name(cases)
-    evaluation = {**common, "output_dir": run_dir / "eval", **held_out_overrides(cases)}
-    if not run.stage("evaluate", [configs / "train.yaml", configs / "evaluate.yaml"], evaluation):
+    record = {"bundle": bundle, "dataset": str(dataset_dir), "run_dir": str(run_dir)}
+    run = BundleRun(bundle_dir, run_dir, threads, timeout, record)
+    if budget.train and not train_stage(run, common):
         return run.record
-    run.record["metrics"] = read_json(run_dir / "eval" / "metrics_summary.json")
+    if not evaluate_stage(run, common, shipped_weights=not budget.train):
+        return run.record
 
     inference = {"bundle_root": bundle_dir, "ckpt_dir": ckpt_dir, "ckpt_path": ckpt_dir / "model.pt", "num_workers": 0}
     lung_bundle = lung_stage_bundle(bundle_dir)
     lung_image_size = trained_image_size(budget, lung_bundle) if lung_bundle is not None else None
     inference |= lung_stage_overrides(bundle_dir, lung_weights, lung_image_size)
     inference |= {key: value for key, value in common.items() if key == "image_size"}
-    cases_in = run_dir / "inference_in"
-    entries = inference_inputs(dataset_dir, cases_in, INFERENCE_LIMIT, evaluated_case_names(run_dir / "eval"))
-    infer_files = [configs / "inference.yaml", run.timer("infer", "evaluator", seeded=False)]
-    if not run.stage(
-        "infer", infer_files, {**inference, "dataset_dir": cases_in, "output_dir": run_dir / "inference_out"}
-    ):
-        return run.record
-    run.record["infer"] = run.timing("infer")
-
-    large_dir = large_inputs(entries[0]["image"], run_dir / "large_in")
-    large_files = [configs / "inference.yaml", run.timer("large", "evaluator", seeded=False)]
-    large_run = {**inference, "dataset_dir": large_dir, "output_dir": run_dir / "large_out"}
-    if run.stage("infer_large", large_files, large_run, large_threads):
-        run.record["infer_large"] = run.timing("large")
-        profiled = {key: value for key, value in inference.items() if key in PROFILE_OVERRIDES}
-        run.record["large_profile_ms"] = stage_profile(
-            bundle_dir, large_dir / "large_0.png", ckpt_dir / "model.pt", profiled, large_threads, run_dir / "large_out"
-        )
+    inference_stages(run, inference, dataset_dir, large_threads)
     return run.record
 
 

@@ -35,6 +35,7 @@ def read_bundle_yaml(bundle_dir: Path, config: str) -> dict[str, Any]:
 
 
 def read_metadata(bundle_dir: Path) -> dict[str, Any]:
+    """A bundle's ``configs/metadata.json``: the Model Zoo's keys and the collection's own (``held_out``)."""
     return json.loads((bundle_dir / "configs" / "metadata.json").read_text(encoding="utf-8"))
 
 

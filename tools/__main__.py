@@ -29,6 +29,7 @@ COMMANDS = {
     "strauss": "tools.bench_strauss:strauss",
     "backends": "tools.bench_backends:backends",
     "compare_inference": "tools.compare_inference:COMMANDS",
+    "gpu_train": "tools.gpu_train:COMMANDS",
 }
 
 

@@ -11,8 +11,9 @@ brings back its best weights.
     python -m tools.gpu_train device_command              # the command line to give the device tool
     python -m tools.gpu_train train --tiny --out /tmp/gpu-dry-run               # here: the CPU dry run
 
-It runs as ``python -m tools.gpu_train`` rather than through ``python -m tools``, whose other commands import
-packages (the benchmark's plotting) that the carried wheels do not bring.
+It runs as ``python -m tools.gpu_train`` or as ``python -m tools gpu_train``: the entry point imports only the
+module of the command it runs, never what the other commands import (the benchmark's plotting), which the
+carried wheels do not bring.
 """
 
 from __future__ import annotations

@@ -1,0 +1,61 @@
+"""Training, evaluation and inference must hand the network the same image: the lung bundles build every chain
+from the named pieces of train.yaml (loading, resizing, normalisation), and inference.yaml, which stands alone,
+must agree with them. A transform inserted in one place and not the other fails here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BUNDLES_DIR, bundle_imports
+from monai.bundle import ConfigParser
+from PIL import Image
+
+LUNG_BUNDLES = ["lung_vae", "attention_bcdunet", "res_cr_net"]
+
+
+def parsed(bundle_dir: Path, files: list[str], item: str) -> object:
+    parser = ConfigParser()
+    parser.read_config([str(bundle_dir / "configs" / name) for name in files])
+    parser.update({"bundle_root": str(bundle_dir)})
+    return parser.get_parsed_content(item)
+
+
+def enlarged_case(phantom_dir: Path, out: Path) -> tuple[Path, dict[str, str]]:
+    """A phantom and its masks at 520 x 410, so that every chain must resize (and where it normalises matters)."""
+    source = sorted((phantom_dir / "images").glob("*.png"))[0]
+    out.mkdir(parents=True, exist_ok=True)
+    image = out / source.name
+    Image.open(source).resize((410, 520), Image.BILINEAR).save(image)
+    masks = {}
+    for structure in ("left_lung", "right_lung", "heart"):
+        masks[structure] = str(out / f"{structure}.png")
+        Image.open(phantom_dir / "masks" / structure / source.name).resize((410, 520), Image.NEAREST).save(
+            masks[structure]
+        )
+    return image, masks
+
+
+@pytest.mark.parametrize("bundle", LUNG_BUNDLES)
+def test_inference_training_and_evaluation_prepare_the_image_alike(
+    phantom_dir: Path, tmp_path: Path, bundle: str
+) -> None:
+    bundle_dir = BUNDLES_DIR / bundle
+    image, masks = enlarged_case(phantom_dir, tmp_path)
+    with bundle_imports(bundle_dir):
+        image_size = parsed(bundle_dir, ["inference.yaml"], "image_size")
+        parser = ConfigParser()
+        parser.read_config(str(bundle_dir / "configs" / "train.yaml"))
+        parser.update({"bundle_root": str(bundle_dir), "image_size": image_size})
+        validation = parser.get_parsed_content("validate#preprocessing")({"image": str(image), "label": masks})
+        inference = parsed(bundle_dir, ["inference.yaml"], "preprocessing")({"image": str(image)})
+        evaluation_parser = ConfigParser()
+        evaluation_parser.read_config([str(bundle_dir / "configs" / n) for n in ("train.yaml", "evaluate.yaml")])
+        evaluation_parser.update({"bundle_root": str(bundle_dir), "image_size": image_size})
+        evaluation = evaluation_parser.get_parsed_content("validate#preprocessing")(
+            {"image": str(image), "label": masks}
+        )
+    assert inference["image"].shape == validation["image"].shape == evaluation["image"].shape
+    assert torch.allclose(torch.as_tensor(inference["image"]), torch.as_tensor(validation["image"]), atol=1e-5)
+    assert torch.allclose(torch.as_tensor(evaluation["image"]), torch.as_tensor(validation["image"]), atol=1e-5)

@@ -152,13 +152,21 @@ def test_latent_sampling_inferer_gives_mean_and_spread(scripts) -> None:
 
 
 def test_every_augmentation_variant_builds(scripts, tmp_path: Path) -> None:
-    for variant in ("standard", "block", "diffuse", "block_diffuse"):
+    """Each variant ends the random chain with its opacity augmentation, after the histogram equalisation (the
+    paper's augmentations act on the equalised image), and nothing else differs between variants."""
+    last = {"standard": "HistogramNormalized", "block": "RandBlockMaskd", "diffuse": "RandStraussNoised",
+            "block_diffuse": "OneOf"}
+    chains = {}
+    for variant in last:
         with bundle_imports(BUNDLE_DIR):
             workflow = ConfigWorkflow(config_file=str(BUNDLE_DIR / "configs" / "train.yaml"), workflow_type="train",
                                       bundle_root=str(BUNDLE_DIR), augmentation=variant, dataset_dir="unused",
                                       output_dir=str(tmp_path), ckpt_dir=str(tmp_path))
             transforms = workflow.parser.get_parsed_content("train#random_transforms")
-        assert len(transforms) == (3 if variant == "standard" else 4)
+        chains[variant] = [type(t).__name__ for t in transforms]
+        assert chains[variant][-1] == last[variant]
+    assert all(chain[: len(chains["standard"])] == chains["standard"] for chain in chains.values())
+    assert all(len(chain) == len(chains["standard"]) + 1 for v, chain in chains.items() if v != "standard")
 
 
 @pytest.mark.slow

@@ -149,6 +149,7 @@ def hospital_augmentation(
     zoom_in: float = 0.15,
     shift: float = 0.1,
     rotate: float = 0.17,
+    replicate_keys: Sequence[str] = (),
 ) -> list[MapTransform]:
     """The chain of appearance changes, on channel-first images scaled to [0, 1] and their label maps.
 
@@ -156,9 +157,12 @@ def hospital_augmentation(
     height then fill 45-85 %), shift by up to ``shift`` of each side, rotate by up to ``rotate`` radians (10
     degrees), empty space padded black. Exposure: contrast squeezed to as little as 40 % about the mean (grey
     radiographs) or stretched, gamma 0.6-1.6. Detector: Gaussian noise and blur. Then burned-in marks and
-    borders. Each step has probability ``prob`` (marks and borders ``prob / 2``).
+    borders. Each step has probability ``prob`` (marks and borders ``prob / 2``). ``replicate_keys`` (e.g. loss
+    weight maps) are padded with their edge values instead of zeros, so that the new border still counts.
     """
     image_key = keys[0]
+    zoom_padding = ["edge" if key in replicate_keys else "constant" for key in keys]
+    affine_padding = ["border" if key in replicate_keys else "zeros" for key in keys]
     return [
         RandZoomd(
             keys=list(keys),
@@ -166,7 +170,7 @@ def hospital_augmentation(
             min_zoom=1.0 - zoom_out,
             max_zoom=1.0 + zoom_in,
             mode=[exact_nearest(mode) for mode in modes],
-            padding_mode="constant",
+            padding_mode=zoom_padding,
             keep_size=True,
         ),
         RandAffined(
@@ -175,7 +179,7 @@ def hospital_augmentation(
             rotate_range=rotate,
             translate_range=[shift * side for side in image_size],
             mode=list(modes),
-            padding_mode="zeros",
+            padding_mode=affine_padding,
         ),
         RandScaleIntensityFixedMeand(keys=image_key, prob=prob, factors=(-0.6, 0.3)),
         RandAdjustContrastd(keys=image_key, prob=prob, gamma=(0.6, 1.6)),

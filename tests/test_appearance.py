@@ -118,3 +118,15 @@ def test_intensity_normalisation_undoes_a_grey_low_contrast_exposure(tmp_path, p
         original = chain({"image": str(source), "label": masks})["image"]
         squeezed = chain({"image": str(tmp_path / "grey.png"), "label": masks})["image"]
     assert float((original - squeezed).abs().mean()) < 0.01, "min-max scaling alone leaves 0.034"
+
+
+def test_replicated_keys_keep_their_edge_values_where_the_field_of_view_pads() -> None:
+    """A loss weight map zoomed out keeps positive weights in the new border; the image gets black there."""
+    set_determinism(0)
+    chain = Compose(hospital_augmentation(keys=("image", "label", "weight"), modes=("bilinear", "nearest", "bilinear"),
+                                          image_size=(64, 64), prob=1.0, zoom_in=0.0, replicate_keys=("weight",))[:2])
+    chain.set_random_state(2)
+    case = lung_case() | {"weight": torch.ones(1, 64, 64)}
+    out = chain(case)
+    assert out["image"][0, 0, 0] == 0 and out["weight"].min() > 0.99
+    set_determinism(None)

@@ -48,11 +48,7 @@ def discover_cases(dataset_dir: str | Path) -> list[dict]:
 
 def patients_from_metadata(dataset_dir: str | Path) -> dict[str, str]:
     """Map case id to patient id from ``metadata.csv`` when it has a patient column; else an empty map."""
-    metadata = Path(dataset_dir) / "metadata.csv"
-    if not metadata.is_file():
-        return {}
-    with open(metadata, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(metadata_rows(dataset_dir).values())
     column = next((c for c in PATIENT_COLUMNS if rows and c in rows[0]), None)
     if column is None:
         return {}
@@ -147,6 +143,7 @@ def load_split(
     seed: int = 0,
     num_folds: int | None = None,
     fold: int = 0,
+    exclude: Mapping[str, Sequence[str]] | None = None,
 ) -> list[dict]:
     """Entries of one split with absolute paths, for ``train#dataset#data`` and friends.
 
@@ -156,7 +153,9 @@ def load_split(
     ``<dataset_dir>/datalist.json``) when present, otherwise it is derived from the layout with ``fractions``
     and ``seed`` (or, with ``num_folds``, cross-validation fold ``fold``); ``split="all"`` takes every case of
     the source, e.g. to score a hospital that training never saw. ``limit`` keeps a deterministic subset of
-    the pooled entries, e.g. for few-shot training.
+    the pooled entries, e.g. for few-shot training. ``exclude`` drops cases by their ``metadata.csv`` row, e.g.
+    ``{"tb": ["1"]}`` keeps the normal radiographs of a tuberculosis dataset; it is applied after splitting, so
+    the patients' folds do not depend on it, and a source without that column loses no case.
     """
     if split not in SPLITS + (ALL_CASES,):
         raise ValueError(f"split must be one of {SPLITS + (ALL_CASES,)}, got {split!r}")
@@ -169,8 +168,36 @@ def load_split(
         entry
         for source in sources
         for entry in _source_split(Path(source), split, datalist, fractions, seed, num_folds, fold)
+        if not _excluded(entry, metadata_rows(source), exclude or {})
     ]
     return _subset(entries, limit, seed)
+
+
+def metadata_rows(dataset_dir: str | Path) -> dict[str, dict[str, str]]:
+    """``metadata.csv`` of a prepared dataset as ``{case: row}``; empty when the dataset has none."""
+    metadata = Path(dataset_dir) / "metadata.csv"
+    if not metadata.is_file():
+        return {}
+    with open(metadata, newline="", encoding="utf-8") as handle:
+        return {row["case"]: row for row in csv.DictReader(handle)}
+
+
+def _excluded(entry: dict, rows: Mapping[str, Mapping[str, str]], exclude: Mapping[str, Sequence[str]]) -> bool:
+    row = rows.get(entry["case"], {})
+    return any(row.get(column, "").strip() in {str(v) for v in values} for column, values in exclude.items())
+
+
+def mixture_weights(first: Sequence[dict], second: Sequence[dict], second_share: float) -> list[float]:
+    """Sampling weights for ``first + second`` so that a draw comes from ``second`` with probability
+    ``second_share`` however many entries each list holds (e.g. a third of the batches' cases from 540 clear
+    lungs, two thirds from 47 cases with opacity); for ``torch.utils.data.WeightedRandomSampler``."""
+    if not 0.0 <= second_share < 1.0:
+        raise ValueError(f"second_share must be in [0, 1), got {second_share}")
+    if not first:
+        raise ValueError("mixture_weights needs at least one entry in the first list")
+    if not second:
+        return [1.0 / len(first)] * len(first)
+    return [(1.0 - second_share) / len(first)] * len(first) + [second_share / len(second)] * len(second)
 
 
 def _source_split(

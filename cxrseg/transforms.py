@@ -101,7 +101,8 @@ class FitResized(MapTransform, InvertibleTransform):
     Interpolating keys that shrink are averaged over the area each output pixel covers ("area" mode), which
     is anti-aliased and takes a few milliseconds for a 2048 x 2048 radiograph, where MONAI's Gaussian
     ``anti_aliasing`` takes most of a second; keys that grow use ``mode``. Nearest-neighbour (label) keys
-    are never smoothed.
+    are never smoothed. ``keep_aspect_ratio=False`` fills the box instead (the opacity bundle's lung crop,
+    squashed to a square as in its paper) with the same area-or-``mode`` rule.
     """
 
     def __init__(
@@ -109,18 +110,20 @@ class FitResized(MapTransform, InvertibleTransform):
         keys: KeysCollection,
         spatial_size: Sequence[int],
         mode: str | Sequence[str] = "bilinear",
+        keep_aspect_ratio: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.mode = ensure_tuple_rep(mode, len(self.keys))
+        self.keep_aspect_ratio = keep_aspect_ratio
         self._resizer = Resize(spatial_size=self.spatial_size)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key, mode in self.key_iterator(d, self.mode):
             shape = tuple(d[key].shape[-2:])
-            size = fit_size(shape, self.spatial_size)
+            size = fit_size(shape, self.spatial_size) if self.keep_aspect_ratio else self.spatial_size
             shrinks = size[0] < shape[0] and size[1] < shape[1]
             interpolating = mode not in ("nearest", "nearest-exact")
             d[key] = Resize(spatial_size=size, mode="area" if shrinks and interpolating else mode)(d[key])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrseg.data import SOURCE_KEY, discover_cases, load_split, split_cases, write_datalist
+from cxrseg.data import SOURCE_KEY, discover_cases, load_split, mixture_weights, split_cases, write_datalist
 
 
 def make_dataset(root: Path, cases: int = 20, patients: int | None = None) -> Path:
@@ -98,3 +98,27 @@ def test_several_sources_are_split_each_by_patient_and_tagged(tmp_path: Path) ->
         load_split([], "training")
     with pytest.raises(ValueError, match="split must be one of"):
         load_split(first, "train")
+
+
+def test_exclude_drops_cases_by_metadata_after_the_split(tmp_path: Path) -> None:
+    """Normal radiographs of a tuberculosis dataset: ``exclude={"tb": ["1"]}`` drops the TB cases from each split
+    without moving any other case to another split; a source without a ``tb`` column loses nothing."""
+    root = make_dataset(tmp_path / "tb", cases=20)
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        handle.write("case,patientid,tb\n" + "".join(f"case{i:03d},case{i:03d},{i % 2}\n" for i in range(20)))
+    no_column = make_dataset(tmp_path / "plain", cases=8)
+    for split in ("training", "validation", "test", "all"):
+        kept = load_split([root, no_column], split, exclude={"tb": ["1"]})
+        everything = load_split([root, no_column], split)
+        assert [e for e in everything if not (e[SOURCE_KEY] == "tb" and int(e["case"][-3:]) % 2)] == kept
+    assert len(load_split(root, "all", exclude={"tb": [1]})) == 10
+
+
+def test_mixture_weights_give_each_list_its_share() -> None:
+    """Three opacity cases and six clear lungs with a clear share of 1/3: each list's weights sum to its share,
+    equal within a list; without clear lungs every draw is an opacity case."""
+    weights = mixture_weights([{}] * 3, [{}] * 6, second_share=1 / 3)
+    assert weights[:3] == [pytest.approx(2 / 9)] * 3 and weights[3:] == [pytest.approx(1 / 18)] * 6
+    assert mixture_weights([{}] * 4, [], 0.5) == [0.25] * 4
+    with pytest.raises(ValueError, match="second_share"):
+        mixture_weights([{}], [{}], 1.0)

@@ -125,6 +125,59 @@ def test_training_input_is_the_lung_crop(opacity_scripts, phantom_dir: Path) -> 
     assert rows.min() <= 1 and rows.max() >= 94 and cols.min() <= 1 and cols.max() >= 126
 
 
+def clear_lung_dataset(phantom_dir: Path, root: Path) -> Path:
+    """Normal radiographs as a prepared dataset: the phantoms' images and lung masks, no opacity masks, and a
+    ``tb`` flag in metadata.csv (every fourth case TB)."""
+    (root / "masks").mkdir(parents=True)
+    (root / "images").symlink_to(phantom_dir / "images")
+    for structure in ("left_lung", "right_lung"):
+        (root / "masks" / structure).symlink_to(phantom_dir / "masks" / structure)
+    cases = sorted(p.stem for p in (phantom_dir / "images").glob("*.png"))
+    (root / "metadata.csv").write_text("case,patientid,tb\n" + "".join(
+        f"{c},{c},{int(i % 4 == 0)}\n" for i, c in enumerate(cases)))
+    return root
+
+
+def test_clear_lungs_train_as_negatives_in_their_share(opacity_scripts, phantom_dir: Path, tmp_path: Path) -> None:
+    """Clear lungs join the training set without their TB cases, with an empty opacity target inside their lung
+    field, and the sampler draws them in clear_lung_share: over 4000 draws, a third +- 0.03."""
+    clear_dir = clear_lung_dataset(phantom_dir, tmp_path / "normals")
+    parser = parsed("train.yaml", dataset_dir=str(phantom_dir), clear_lung_dirs=[str(clear_dir)], num_folds=None,
+                    image_size=[64, 64], clear_lung_share=1 / 3)
+    opacity_cases = parser.get_parsed_content("train#opacity_cases")
+    clear_cases = parser.get_parsed_content("train#clear_lung_cases")
+    assert clear_cases and all(e["source"] == "normals" for e in clear_cases)
+    tb_cases = {line.split(",")[0] for line in (clear_dir / "metadata.csv").read_text().splitlines()[1:]
+                if line.endswith(",1")}
+    assert not tb_cases & {e["case"] for e in clear_cases}
+    item = parser.get_parsed_content("validate#preprocessing")(clear_cases[0])
+    assert not np.asarray(item["label"]).any() and np.asarray(item["lung"]).any()
+    sampler = parser.get_parsed_content("train#sampler")
+    assert len(sampler) == round(len(opacity_cases) * 1.5)
+    torch.manual_seed(0)
+    draws = torch.multinomial(torch.tensor(parser.get_parsed_content("train#sampling_weights")), 4000, True)
+    assert (draws >= len(opacity_cases)).float().mean().item() == pytest.approx(1 / 3, abs=0.03)
+
+
+def test_encoder_init_copies_the_encoder_and_nothing_else(opacity_scripts, tmp_path: Path) -> None:
+    """--encoder_init: every ``encoder.`` weight comes from the lung checkpoint, the decoder keeps its own."""
+    donor = parsed("train.yaml").get_parsed_content("network_def")
+    for parameter in donor.parameters():
+        torch.nn.init.constant_(parameter, 0.125)
+    torch.save(donor.state_dict(), tmp_path / "lungs.pt")
+    parser = parsed("train.yaml", encoder_init=str(tmp_path / "lungs.pt"))
+    network = parser.get_parsed_content("network")
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    copy_step = next(i for i, step in enumerate(parser["run"]) if "encoder_init" in step)
+    parser.get_parsed_content(f"run#{copy_step}")
+    after = network.state_dict()
+    encoder = [k for k in after if k.startswith("encoder.") and after[k].is_floating_point()]
+    others = [k for k in after if not k.startswith("encoder.")]
+    assert encoder and others
+    assert all(torch.all(after[k] == 0.125) for k in encoder if "running_var" not in k and "running_mean" not in k)
+    assert all(torch.equal(after[k], before[k]) for k in others)
+
+
 def test_cross_validation_folds_keep_patients_apart(covid_dir: Path, opacity_scripts) -> None:
     with open(covid_dir / "metadata.csv", newline="") as handle:
         patient = {row["case"]: row["patientid"] for row in csv.DictReader(handle)}
@@ -176,22 +229,70 @@ def test_label_map_keeps_opacity_inside_the_lung(opacity_scripts) -> None:
     assert torch.equal(out, expected)
 
 
+def severity_row(case: str, pred_pct: float, ref_pct: float, source: str = "covid", iou: float = math.nan) -> dict:
+    return {"case": case, "source": source, "pred_opacity_pct": pred_pct, "ref_opacity_pct": ref_pct,
+            "abs_error_pct": abs(pred_pct - ref_pct), "dice": 2 * iou / (1 + iou), "iou": iou}
+
+
+def test_case_row_measures_opacity_inside_the_lung(opacity_scripts) -> None:
+    """Lung of 8 pixels, reference opacity on 4 of them, prediction on 2 of those plus 2 clear ones plus one
+    pixel outside the lung (not counted): 50 % each, IoU 2/6, Dice 2*2/(4+4); a clear lung has no IoU."""
+    lung = np.zeros((4, 4), bool)
+    lung[:2] = True
+    reference = np.zeros_like(lung)
+    reference[:2, :2] = True
+    pred = np.zeros_like(lung)
+    pred[0, :4] = True
+    pred[3, 3] = True
+    row = opacity_scripts.report.case_row("a", "covid", pred, reference, lung)
+    assert (row["ref_opacity_pct"], row["pred_opacity_pct"], row["abs_error_pct"]) == (50.0, 50.0, 0.0)
+    assert row["iou"] == pytest.approx(2 / 6) and row["dice"] == pytest.approx(0.5)
+    clear = opacity_scripts.report.case_row("b", "jsrt", pred, np.zeros_like(lung), lung)
+    assert clear["pred_opacity_pct"] == 50.0 and math.isnan(clear["iou"])
+
+
+def test_severity_summary_exposes_false_alarms_and_agrees_with_radiologists(opacity_scripts, tmp_path) -> None:
+    """Twenty normal radiographs predicted 0, 1, ..., 19 % opaque: mean 9.5 %, 95th percentile 18.05 %.
+    Four COVID cases whose predicted opacity % ranks like the radiologists' extent score but not like their
+    opacity score (one swap): Spearman 1.0 and 0.8. The normals do not enter the correlation with the
+    reference opacity %, and the pooled report of two folds equals the report of all rows."""
+    normals = [severity_row(f"n{i}", float(i), 0.0, source="jsrt") for i in range(20)]
+    covid = [severity_row(c, p, r, iou=u) for c, p, r, u in
+             [("a", 10.0, 12.0, 0.5), ("b", 20.0, 18.0, 0.6), ("c", 30.0, 40.0, 0.7), ("d", 40.0, 35.0, 0.8)]]
+    scores = tmp_path / "severity_scores.csv"
+    scores.write_text("case,geographic_extent_mean,opacity_mean\na,1,1\nb,2,3\nc,3,2\nd,4,4\n")
+    report = opacity_scripts.report
+    summary = report.write_severity_report(normals + covid, tmp_path / "all", severity_csv=scores)
+    clear = summary["clear_lungs"]["pred_opacity_pct"]
+    assert (clear["n"], clear["mean"], clear["p95"]) == (20, pytest.approx(9.5), pytest.approx(18.05))
+    assert summary["by_source"]["jsrt"]["pred_opacity_pct"]["mean"] == pytest.approx(9.5)
+    assert summary["with_opacity"]["iou"]["mean"] == pytest.approx(0.65)
+    assert summary["correlation"]["n"] == 4 and summary["correlation"]["spearman_rho"] == pytest.approx(0.8)
+    extent, opacity = (summary["radiologists"][name]["pred_opacity_pct"] for name in report.RADIOLOGIST_SCORES)
+    assert extent["spearman_rho"] == pytest.approx(1.0) and opacity["spearman_rho"] == pytest.approx(0.8)
+    assert summary["radiologists"]["geographic_extent_mean"]["ref_opacity_pct"]["spearman_rho"] == pytest.approx(0.8)
+    report.write_severity_report(normals[:10] + covid[:2], tmp_path / "fold0")
+    report.write_severity_report(normals[10:] + covid[2:], tmp_path / "fold1")
+    pooled = report.pool_folds(tmp_path / "pooled", [tmp_path / "fold0", tmp_path / "fold1"], severity_csv=scores)
+    assert json.loads(json.dumps(pooled)) == json.loads(json.dumps(summary))
+
+
 def test_roc_auc_and_curve_on_known_scores(opacity_scripts, tmp_path: Path) -> None:
     """ICU N, Y, N, Y for scores 1..4: 3 of the 4 positive/negative pairs are ordered right, AUC 0.75; the one
     death (score 2) outranks 1 of 3 survivors, AUC 1/3; a case with unknown outcomes is left out."""
     metadata = tmp_path / "metadata.csv"
     metadata.write_text("case,patientid,went_icu,survival\na,1,N,Y\nb,2,Y,N\nc,3,N,Y\nd,4,Y,Y\ne,5,,\n")
     scores = [1.0, 2.0, 3.0, 4.0, 9.0]
-    rows = [{"case": c, "pred_opacity_pct": s, "ref_opacity_pct": s} for c, s in zip("abcde", scores)]
-    rows.append({"case": "clear", "pred_opacity_pct": 0.5, "ref_opacity_pct": 0.0})
+    rows = [severity_row(c, s, s) for c, s in zip("abcde", scores, strict=True)]
+    rows.append(severity_row("clear", 0.5, 0.0))
     summary = opacity_scripts.report.write_severity_report(rows, tmp_path / "out", metadata)
     icu = summary["roc_auc"]["icu"]["pred_opacity_pct"]
     assert (icu["positives"], icu["negatives"], icu["auc"]) == (2, 2, pytest.approx(0.75))
     death = summary["roc_auc"]["death"]["pred_opacity_pct"]
     assert (death["positives"], death["negatives"], death["auc"]) == (1, 3, pytest.approx(1 / 3))
     assert summary["correlation"]["spearman_rho"] == pytest.approx(1.0)
-    assert summary["reference_absent"] == {
-        "cases": 1, "mean_false_positive_pct_of_lung": 0.5, "max_false_positive_pct_of_lung": 0.5}
+    assert summary["clear_lungs"]["pred_opacity_pct"]["n"] == 1
+    assert summary["clear_lungs"]["pred_opacity_pct"]["mean"] == 0.5
     assert Image.open(tmp_path / "out" / "roc_icu.png").size == (320, 320)
     points = opacity_scripts.severity.roc_points([1.0, 2.0, 3.0, 4.0], [False, True, False, True])
     assert points == [(0.0, 0.0), (0.0, 0.5), (0.5, 0.5), (0.5, 1.0), (1.0, 1.0)]

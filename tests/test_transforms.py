@@ -78,3 +78,15 @@ def test_fit_resize_averages_when_shrinking() -> None:
     small = FitResized("image", (32, 32))({"image": MetaTensor(board)})["image"]
     assert tuple(small.shape) == (1, 32, 32)
     torch.testing.assert_close(small, torch.full((1, 32, 32), 0.5), atol=1e-6, rtol=0)
+
+
+def test_fit_resize_without_aspect_ratio_fills_the_box_and_inverts() -> None:
+    """The opacity bundle's lung crop: 90 x 60 squashed to 64 x 64 (rows shrink by area, columns grow), and
+    Invertd brings a prediction back to 90 x 60."""
+    image = MetaTensor(torch.rand(1, 90, 60))
+    transform = FitResized("image", (64, 64), keep_aspect_ratio=False)
+    data = transform({"image": image})
+    assert tuple(data["image"].shape) == (1, 64, 64)
+    data["pred"] = MetaTensor(torch.ones(1, 64, 64))
+    restored = Invertd("pred", transform=transform, orig_keys="image", nearest_interp=True)(data)
+    assert tuple(restored["pred"].shape) == (1, 90, 60)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import BUNDLES_DIR, bundle_imports
@@ -59,3 +60,31 @@ def test_inference_training_and_evaluation_prepare_the_image_alike(
     assert inference["image"].shape == validation["image"].shape == evaluation["image"].shape
     assert torch.allclose(torch.as_tensor(inference["image"]), torch.as_tensor(validation["image"]), atol=1e-5)
     assert torch.allclose(torch.as_tensor(evaluation["image"]), torch.as_tensor(validation["image"]), atol=1e-5)
+
+
+def test_opacity_lung_crop_is_the_same_in_training_evaluation_and_inference(phantom_dir: Path, tmp_path: Path) -> None:
+    """opacity_unet: the lung crop that training caches, that evaluation scores and that inference segments (with
+    the same lung field, given as a mask file) are one image."""
+    bundle_dir = BUNDLES_DIR / "opacity_unet"
+    image, masks = enlarged_case(phantom_dir, tmp_path / "case")
+    lung_dir = tmp_path / "lungs"
+    lung_dir.mkdir()
+    lung_field = np.maximum(*(np.asarray(Image.open(masks[side])) for side in ("left_lung", "right_lung")))
+    Image.fromarray(np.where(lung_field > 127, 255, 0).astype(np.uint8)).save(lung_dir / image.name)
+    entry = {"image": str(image), "label": {"left_lung": masks["left_lung"], "right_lung": masks["right_lung"]}}
+    with bundle_imports(bundle_dir):
+        image_size = parsed(bundle_dir, ["inference.yaml"], "image_size")
+        chains = {}
+        for name, files in (("training", ["train.yaml"]), ("evaluation", ["train.yaml", "evaluate.yaml"])):
+            parser = ConfigParser()
+            parser.read_config([str(bundle_dir / "configs" / n) for n in files])
+            parser.update({"bundle_root": str(bundle_dir), "image_size": image_size})
+            chains[name] = parser.get_parsed_content("validate#preprocessing")(dict(entry))["image"]
+        parser = ConfigParser()
+        parser.read_config(str(bundle_dir / "configs" / "inference.yaml"))
+        parser.update({"bundle_root": str(bundle_dir), "lung_source": "masks", "lung_mask_dir": str(lung_dir)})
+        inference = parser.get_parsed_content("preprocessing")({"image": str(image)})["image"]
+    assert inference.shape == chains["training"].shape == chains["evaluation"].shape
+    assert torch.as_tensor(inference).abs().sum() > 0
+    for chain in chains.values():
+        assert torch.allclose(torch.as_tensor(inference), torch.as_tensor(chain), atol=1e-5)

@@ -130,6 +130,9 @@ def evaluate_stage(run: BundleRun, common: Mapping[str, Any], shipped_weights: b
     if not run.stage("evaluate", [run.configs / "train.yaml", run.configs / "evaluate.yaml"], evaluation):
         return False
     run.record["metrics"] = read_json(run.run_dir / "eval" / "metrics_summary.json")
+    severity = run.run_dir / "eval" / "severity_summary.json"
+    if severity.is_file():
+        run.record["severity"] = read_json(severity)
     return True
 
 

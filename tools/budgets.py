@@ -16,7 +16,8 @@ from typing import Any
 from tools.bundle_runs import SHARED_DATA, parse_bundle_config, read_bundle_yaml, read_metadata
 
 LARGE_SIDE = 2048
-SPLIT_ID = "validate#dataset#data#split"
+# every evaluate.yaml names the split it scores with this id
+SPLIT_ID = "eval_split"
 FOLD_KEYS = ("num_folds", "fold")
 
 
@@ -72,15 +73,18 @@ def held_out(bundle_dir: Path, shipped_weights: bool) -> dict[str, Any]:
     facts = read_metadata(bundle_dir).get("held_out")
     if not facts:
         raise ValueError(f"{bundle_dir.name}: metadata.json has no held_out (which cases to score on)")
-    cases = {key: facts[key] for key in ("dataset", "split")}
+    cases = {key: facts[key] for key in ("dataset", "split", "extra_datasets") if key in facts}
     if shipped_weights:
         cases |= facts.get("shipped_weights", {})
     return cases
 
 
 def held_out_overrides(cases: Mapping[str, Any]) -> dict[str, Any]:
-    """Config overrides that make ``evaluate.yaml`` score the cases of :func:`held_out`."""
-    return {SPLIT_ID: cases["split"], **{key: cases[key] for key in FOLD_KEYS if key in cases}}
+    """Config overrides that make ``evaluate.yaml`` score the cases of :func:`held_out`, with metadata
+    ``held_out.extra_datasets`` (config id -> shared dataset names, e.g. opacity_unet's clear lungs) as paths."""
+    extra = {config_id: [str(SHARED_DATA / name) for name in names]
+             for config_id, names in cases.get("extra_datasets", {}).items()}
+    return {SPLIT_ID: cases["split"], **{key: cases[key] for key in FOLD_KEYS if key in cases}, **extra}
 
 
 def held_out_name(cases: Mapping[str, Any]) -> str:

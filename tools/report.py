@@ -33,6 +33,42 @@ def _loader_share(timing: Mapping[str, Any]) -> str:
     return f"{timing['loader_fraction']:.1%} ({1000 * timing['loader_s_mean']:.1f} ms of {iteration_ms:.1f} ms)"
 
 
+def _spread(stats: Mapping[str, Any] | None, digits: int) -> str:
+    """``mean (p95)`` of a severity summary's figure; a dash where there is none."""
+    if not stats or stats.get("mean") is None:
+        return "–"
+    return f"{stats['mean']:.{digits}f} ({stats['p95']:.{digits}f})"
+
+
+def _rho(agreement: Mapping[str, Any], score: str) -> str:
+    rho = agreement.get(score, {}).get("pred_opacity_pct", {})
+    return "–" if rho.get("spearman_rho") is None else f"{rho['spearman_rho']:.2f} (n={rho['n']})"
+
+
+def severity_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The opacity bundles' severity table: overlap where opacity exists, the error of opacity %, the opacity %
+    predicted on clear lungs (the false alarm), and Spearman's rho with the radiologists' scores."""
+    scored = [r for r in records if r.get("severity")]
+    if not scored:
+        return []
+    lines = [
+        "",
+        "| bundle | held out | IoU, cases with opacity: mean (p95) | abs. error of opacity %: mean (p95) "
+        "| clear lungs | their predicted opacity %: mean (p95) | Spearman with radiologists: extent / opacity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for record in scored:
+        severity = record["severity"]
+        clear = severity["clear_lungs"]["pred_opacity_pct"]
+        radiologists = severity.get("radiologists", {})
+        lines.append(
+            f"| {record['bundle']} | {record.get('held_out', '?')} | {_spread(severity['with_opacity']['iou'], 3)} | "
+            f"{_spread(severity['abs_error_pct'], 1)} | {clear['n']} | {_spread(clear, 1)} | "
+            f"{_rho(radiologists, 'geographic_extent_mean')} / {_rho(radiologists, 'opacity_mean')} |"
+        )
+    return lines
+
+
 def markdown(records: Sequence[Mapping[str, Any]], budget_name: str, started: str) -> str:
     """The README's results tables: accuracy per structure, then speed and memory per bundle."""
     devices = sorted({(r.get("train") or r.get("infer") or {}).get("device_name", "?") for r in records})
@@ -71,6 +107,7 @@ def markdown(records: Sequence[Mapping[str, Any]], budget_name: str, started: st
                     f"{prefix} {structure}, cases without it: predicted share of the image | {absent['cases']} | "
                     f"{_stat(absent['false_positive_fraction'], 3)} | | |"
                 )
+    lines += severity_lines(records)
     lines += [
         "",
         "| bundle | parameters | train img/s | loader / iteration | infer img/s | ms per image (dataset) | "

@@ -1,7 +1,8 @@
 """Shipping weights: the best-validation state dict stored in half precision, so the ResNet18 U-Net
 (12.1 M parameters, 48 MB in float32) fits the Model Zoo's 25 MB. ``load_state_dict`` casts back to float32.
 
-    python -m scripts.weights models/model.pt models/model.pt    (from the bundle folder)
+    python -m scripts.weights models/model.pt models/model.pt    (from the bundle folder; the source may also
+                                                                be a training checkpoint)
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import torch
 
 
 def save_half_precision(source: str | Path, target: str | Path) -> int:
-    """Write ``source``'s state dict with floating-point tensors as float16 to ``target``; returns its size."""
+    """Write ``source``'s state dict with floating-point tensors as float16 to ``target``; returns its size.
+    ``source`` is a state dict or a training checkpoint, whose ``model`` entry is taken (e.g. the last epoch of
+    a run, as the cross-validation scores it)."""
     state = torch.load(source, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target)
     return Path(target).stat().st_size
 

@@ -111,9 +111,11 @@ def position_problem(lung: np.ndarray) -> str | None:
     cols_ok = CENTROID_COL_FRACTION[0] <= col <= CENTROID_COL_FRACTION[1]
     if rows_ok and cols_ok:
         return None
-    return (f"it is centred at {_percent(row)} of the image's height and {_percent(col)} of its width; lungs are "
-            f"centred within {_range(CENTROID_ROW_FRACTION)} of the height and {_range(CENTROID_COL_FRACTION)} "
-            "of the width")
+    return (
+        f"it is centred at {_percent(row)} of the image's height and {_percent(col)} of its width; lungs are "
+        f"centred within {_range(CENTROID_ROW_FRACTION)} of the height and {_range(CENTROID_COL_FRACTION)} "
+        "of the width"
+    )
 
 
 def mediastinum_problem(lung: np.ndarray) -> str | None:
@@ -130,19 +132,25 @@ def mediastinum_problem(lung: np.ndarray) -> str | None:
     split = midline_column(lung)
     neck = float(lung[:, split].sum() / (bottom - top))
     if neck > MAX_NECK_FRACTION:
-        return (f"it does not part into two lungs: lung fills {_percent(neck)} of its height in the column where "
-                f"the lungs should part (at most {_percent(MAX_NECK_FRACTION)}), as in one region running across "
-                "the mediastinum or one lung alone")
+        return (
+            f"it does not part into two lungs: lung fills {_percent(neck)} of its height in the column where "
+            f"the lungs should part (at most {_percent(MAX_NECK_FRACTION)}), as in one region running across "
+            "the mediastinum or one lung alone"
+        )
     sides = lung_sides(lung)
     for side in SIDES:
         share = float(sides[side].sum() / field.area)
         if share < MIN_SIDE_SHARE:
-            return (f"the patient's {side} lung has {_percent(share)} of the lung field (at least "
-                    f"{_percent(MIN_SIDE_SHARE)}): one lung is missing")
+            return (
+                f"the patient's {side} lung has {_percent(share)} of the lung field (at least "
+                f"{_percent(MIN_SIDE_SHARE)}): one lung is missing"
+            )
     position = (split - first) / max(last - 1 - first, 1)
     if not SPLIT_POSITION[0] <= position <= SPLIT_POSITION[1]:
-        return (f"the lungs part at {_percent(position)} of the lung field's width, not near its middle "
-                f"({_range(SPLIT_POSITION)})")
+        return (
+            f"the lungs part at {_percent(position)} of the lung field's width, not near its middle "
+            f"({_range(SPLIT_POSITION)})"
+        )
     return None
 
 

@@ -40,8 +40,9 @@ def test_empty_field_has_two_empty_lungs() -> None:
     assert set(sides) == {"right", "left"} and not sides["right"].any() and not sides["left"].any()
 
 
-def two_lungs(shape: tuple[int, int] = (200, 200), centre_row: float = 0.45, centre_cols=(0.3, 0.7),
-              size: float = 1.0) -> np.ndarray:
+def two_lungs(
+    shape: tuple[int, int] = (200, 200), centre_row: float = 0.45, centre_cols=(0.3, 0.7), size: float = 1.0
+) -> np.ndarray:
     """Two elliptic lungs, 60 % of the image's height and 26 % of its width each at ``size`` 1 (about a quarter
     of the image in all), either side of the mediastinum."""
     lung = np.zeros(shape, bool)
@@ -119,8 +120,11 @@ def test_lungs_of_a_tightly_cropped_radiograph_are_plausible() -> None:
     assert 0.6 < lung.mean() < 0.75 and lung_field_problem(lung) is None
 
 
-@pytest.mark.parametrize(("centre_row", "centre_cols"), [(0.1, (0.08, 0.3)), (0.45, (0.6, 0.95)), (0.85, (0.3, 0.7))],
-                         ids=["top left", "right", "low"])
+@pytest.mark.parametrize(
+    ("centre_row", "centre_cols"),
+    [(0.1, (0.08, 0.3)), (0.45, (0.6, 0.95)), (0.85, (0.3, 0.7))],
+    ids=["top left", "right", "low"],
+)
 def test_off_centre_field_names_its_centre(centre_row: float, centre_cols: tuple[float, float]) -> None:
     lung = two_lungs((400, 400), centre_row, centre_cols, size=0.6)
     row, col = np.argwhere(lung).mean(axis=0) / 400

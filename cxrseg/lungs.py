@@ -1,18 +1,42 @@
-"""The patient's right and left lung in a lung field, told apart by one rule for the whole collection.
+"""The patient's right and left lung in a lung field, told apart by one rule for the whole collection, and
+whether a lung field is plausible at all.
 
 Networks of this collection segment "lung" as one class, so the sides are separated afterwards, for the lung
 areas in ``measurements.csv`` and the opacity severity per lung. Left and right are the patient's: in a
 posterior-anterior radiograph in standard display the patient's right lung is on the image's left.
+
+A measurement inside a lung field is only as good as the field, and a network gives some field for any input
+(a blank image, a photograph, a radiograph it fails on). :func:`lung_field_problem` says when a field is not two
+lungs, from its area, its position and its split at the mediastinum, so that a two-stage bundle reports the
+image instead of scoring it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from skimage.measure import regionprops
 
 SIDES = ("right", "left")
 # the mediastinum is looked for in the central part of the lung field's width, leaving this fraction each side
 MEDIASTINUM_MARGIN = 0.2
+
+# Limits of a plausible lung field, each with a margin outside the range measured (in the comments) on 1,148 of
+# 1,150 fields: the reference lung masks of covid_opacity (59), JSRT (200), Montgomery (138) and Shenzhen (550),
+# and lung_vae's fields of 203 of their radiographs (59, 64, 40, 40). The two others are rejected: a reference
+# mask with one lung and a lung_vae field of 0.9 % of a white-out radiograph (bundles/opacity_unet/docs/README.md)
+# lung field area / image area: 0.086 (Shenzhen) - 0.548 (a tightly cropped COVID-19 figure)
+AREA_FRACTION = (0.04, 0.75)
+# centroid of the lung field, as a fraction of the image's height: 0.25 - 0.60; and of its width: 0.38 - 0.60
+CENTROID_ROW_FRACTION = (0.15, 0.75)
+CENTROID_COL_FRACTION = (0.25, 0.75)
+# lung pixels in the split column, as a fraction of the field's height: 0 between separate lungs, at most 0.18
+# where the two lungs overlap in columns
+MAX_NECK_FRACTION = 0.35
+# the smaller side's share of the lung field: 0.093 (a collapsed lung in Shenzhen) - 0.5
+MIN_SIDE_SHARE = 0.05
+# the split column's position across the lung field's width: 0.44 - 0.58
+SPLIT_POSITION = (0.3, 0.7)
 
 
 def midline_column(lung: np.ndarray) -> int:
@@ -59,3 +83,87 @@ def measure_lung_field(lung: np.ndarray) -> dict[str, float]:
         "left_to_right_area_ratio": left_area / right_area if right_area else float("nan"),
         "lung_components": int(components),
     }
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.1f} %"
+
+
+def _range(limits: tuple[float, float]) -> str:
+    return f"{100 * limits[0]:g}-{100 * limits[1]:g} %"
+
+
+def area_problem(lung: np.ndarray) -> str | None:
+    """Why the lung field's area cannot be two lungs, or None: a few specks (a network that found nothing) or most
+    of the image (a blank or inverted image taken wholly for lung) are not lungs, whatever their shape."""
+    fraction = float(np.asarray(lung, dtype=bool).mean())
+    if AREA_FRACTION[0] <= fraction <= AREA_FRACTION[1]:
+        return None
+    return f"it covers {_percent(fraction)} of the image; two lungs cover {_range(AREA_FRACTION)}"
+
+
+def position_problem(lung: np.ndarray) -> str | None:
+    """Why the lung field lies where no lungs lie, or None: the lungs of a frontal radiograph fill the middle of
+    the image, so a field centred near an edge is a shoulder, the abdomen or a label, not the lungs."""
+    field = regionprops(np.asarray(lung, dtype=np.uint8))[0]
+    row, col = field.centroid[0] / lung.shape[0], field.centroid[1] / lung.shape[1]
+    rows_ok = CENTROID_ROW_FRACTION[0] <= row <= CENTROID_ROW_FRACTION[1]
+    cols_ok = CENTROID_COL_FRACTION[0] <= col <= CENTROID_COL_FRACTION[1]
+    if rows_ok and cols_ok:
+        return None
+    return (
+        f"it is centred at {_percent(row)} of the image's height and {_percent(col)} of its width; lungs are "
+        f"centred within {_range(CENTROID_ROW_FRACTION)} of the height and {_range(CENTROID_COL_FRACTION)} "
+        "of the width"
+    )
+
+
+def mediastinum_problem(lung: np.ndarray) -> str | None:
+    """Why the lung field does not split into a right and a left lung at the mediastinum, or None.
+
+    The split is :func:`midline_column`'s, the one the measurements use. Two lungs leave a gap there (or touch
+    across a narrow neck), each holds a real share of the field, and the gap lies near the field's middle; one
+    region running across the mediastinum, or one lung alone, has a wide column of lung where the gap should be
+    or nearly all the field on one side, and any figure per lung measured from it would be wrong.
+    """
+    lung = np.asarray(lung, dtype=bool)
+    field = regionprops(lung.astype(np.uint8))[0]
+    top, first, bottom, last = field.bbox
+    split = midline_column(lung)
+    neck = float(lung[:, split].sum() / (bottom - top))
+    if neck > MAX_NECK_FRACTION:
+        return (
+            f"it does not part into two lungs: lung fills {_percent(neck)} of its height in the column where "
+            f"the lungs should part (at most {_percent(MAX_NECK_FRACTION)}), as in one region running across "
+            "the mediastinum or one lung alone"
+        )
+    sides = lung_sides(lung)
+    for side in SIDES:
+        share = float(sides[side].sum() / field.area)
+        if share < MIN_SIDE_SHARE:
+            return (
+                f"the patient's {side} lung has {_percent(share)} of the lung field (at least "
+                f"{_percent(MIN_SIDE_SHARE)}): one lung is missing"
+            )
+    position = (split - first) / max(last - 1 - first, 1)
+    if not SPLIT_POSITION[0] <= position <= SPLIT_POSITION[1]:
+        return (
+            f"the lungs part at {_percent(position)} of the lung field's width, not near its middle "
+            f"({_range(SPLIT_POSITION)})"
+        )
+    return None
+
+
+def lung_field_problem(lung: np.ndarray) -> str | None:
+    """Why a boolean ``(rows, cols)`` lung field of a frontal radiograph is not two plausible lungs (the first of
+    :func:`area_problem`, :func:`position_problem` and :func:`mediastinum_problem` to object), or None.
+
+    The reason names the measured value and the accepted range, so that a row of ``measurements.csv`` says what
+    was wrong with the image's lung field rather than only that it was rejected.
+    """
+    lung = np.asarray(lung, dtype=bool)
+    for check in (area_problem, position_problem, mediastinum_problem):
+        problem = check(lung)
+        if problem is not None:
+            return problem
+    return None

@@ -18,8 +18,10 @@ from conftest import REPO_ROOT, bundle_imports, train_bundle
 from monai.bundle import ConfigParser
 from monai.transforms import LoadImaged
 from PIL import Image
+from skimage.draw import ellipse
 
 from cxrseg.io import RadiographReader
+from cxrseg.lungs import measure_lung_field
 
 BUNDLE = REPO_ROOT / "bundles" / "opacity_unet"
 CONFIGS = BUNDLE / "configs"
@@ -382,6 +384,63 @@ def test_lung_stage_takes_the_loaded_radiograph(opacity_scripts, fake_lung_bundl
     torch.testing.assert_close(loaded["image"], original)
 
 
+def blank_transparent_png(path: Path, rows: int = 240, cols: int = 200) -> Path:
+    """The issue's all-black transparent RGBA image."""
+    Image.fromarray(np.zeros((rows, cols, 4), np.uint8), "RGBA").save(path)
+    return path
+
+
+def dark_lungs_png(path: Path, rows: int = 240, cols: int = 200) -> Path:
+    """A bright image with two dark elliptic lungs, which the fake lung bundle (dark is lung) finds as they are."""
+    image = np.full((rows, cols), 200, np.uint8)
+    for centre_col in (0.3, 0.7):
+        image[ellipse(0.45 * rows, centre_col * cols, 0.3 * rows, 0.13 * cols, (rows, cols))] = 20
+    Image.fromarray(image).save(path)
+    return path
+
+
+def test_lung_stage_rejects_the_field_of_a_blank_transparent_image(opacity_scripts, fake_lung_bundle, tmp_path) -> None:
+    """The issue's all-black transparent RGBA image: a lung network that takes dark for lung finds the whole image;
+    the check rejects it, naming the area, where without the check it would be scored."""
+    image = str(blank_transparent_png(tmp_path / "blank.png"))
+    checked = opacity_scripts.lung_stage.LungFieldd(keys="image", bundle_dir=fake_lung_bundle, check=True)
+    with pytest.raises(opacity_scripts.lung_stage.RadiographError, match=r"lung field.*covers 100\.0 % of the image"):
+        checked({"image": image})
+    unchecked = opacity_scripts.lung_stage.LungFieldd(keys="image", bundle_dir=fake_lung_bundle, check=False)
+    assert np.asarray(unchecked({"image": image})["lung"]).all()
+    assert np.asarray(checked({"image": str(dark_lungs_png(tmp_path / "cxr.png"))})["lung"]).mean() > 0.2
+
+
+def test_lung_masks_that_are_not_two_lungs_are_rejected(opacity_scripts, tmp_path) -> None:
+    """A lung mask running across the mediastinum as one region: rejected with the check, used without it (also
+    when the setting comes from the command line as the string "false")."""
+    image = dark_lungs_png(tmp_path / "cxr.png")
+    mask = np.asarray(Image.open(image)) < 100
+    mask[60:160, 60:140] = True
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "masks" / "cxr.png")
+    masks = opacity_scripts.lung_stage.LungMaskFiled
+    with pytest.raises(opacity_scripts.lung_stage.RadiographError, match="lung field.*does not part into two lungs"):
+        masks(keys="image", mask_dir=tmp_path / "masks", check=True)({"image": str(image)})
+    lung = masks(keys="image", mask_dir=tmp_path / "masks", check="false")({"image": str(image)})["lung"]
+    assert np.array_equal(np.asarray(lung)[0] > 0, mask)
+
+
+@pytest.mark.realdata
+def test_lung_vae_finds_two_lungs_in_a_normal_radiograph_resized_to_700_by_900_rgb(
+    opacity_scripts, jsrt_dir: Path, tmp_path: Path
+) -> None:
+    """The issue's normal radiograph resized to 700 x 900 RGB, whose lung field once ran across the mediastinum:
+    the shipped lung_vae finds two lungs there, which pass the check."""
+    resized = tmp_path / "normal_700x900.png"
+    Image.open(jsrt_dir / "images" / "JPCNN010.png").convert("RGB").resize((700, 900)).save(resized)
+    field = opacity_scripts.lung_stage.LungFieldd(keys="image", bundle_dir=BUNDLE.parent / "lung_vae", check=True)
+    lung = np.asarray(field({"image": str(resized)})["lung"])[0] > 0
+    assert lung.shape == (900, 700)
+    assert opacity_scripts.lung_stage.lung_field_problem(lung) is None
+    assert measure_lung_field(lung)["lung_components"] == 2
+
+
 def test_lung_stage_names_missing_weights(opacity_scripts, fake_lung_bundle, tmp_path) -> None:
     (fake_lung_bundle / "models" / "model.pt").unlink()
     with pytest.raises(FileNotFoundError, match="model.pt"):
@@ -411,7 +470,9 @@ def test_two_stage_inference_writes_label_map_overlay_and_severity(
     in_dir.mkdir()
     source = sorted((phantom_dir / "images").glob("*.png"))[0]
     Image.open(source).resize((200, 240)).save(in_dir / "cxr.png")
-    result = run_inference(in_dir, tmp_path / "out", untrained_checkpoint, "--lung_bundle_dir", str(fake_lung_bundle))
+    # the fake lung bundle's dark pixels of a phantom are no plausible lung field; this test is about the writer
+    result = run_inference(in_dir, tmp_path / "out", untrained_checkpoint, "--lung_bundle_dir", str(fake_lung_bundle),
+                           "--check_lung_field", "false")
     assert result.returncode == 0, result.stderr[-3000:]
     label_map = np.asarray(Image.open(tmp_path / "out" / "cxr_seg.png"))
     assert label_map.shape == (240, 200) and set(np.unique(label_map)) <= {0, 1, 2} and (label_map > 0).any()
@@ -420,6 +481,26 @@ def test_two_stage_inference_writes_label_map_overlay_and_severity(
         row = next(csv.DictReader(handle))
     assert int(row["lung_area_px"]) == int(row["area_px_opacity"]) + int(row["area_px_clear_lung"]) > 0
     assert float(row["opacity_pct"]) == pytest.approx(100 * int(row["area_px_opacity"]) / int(row["lung_area_px"]))
+
+
+def test_inference_reports_an_implausible_lung_field_and_scores_the_other_images(
+    fake_lung_bundle: Path, untrained_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The issue's all-black transparent RGBA image ends as an error row naming the lung field's area, with no
+    opacity figures and no label map; the radiograph beside it is scored."""
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    blank_transparent_png(in_dir / "blank.png")
+    dark_lungs_png(in_dir / "cxr.png")
+    result = run_inference(in_dir, tmp_path / "out", untrained_checkpoint, "--lung_bundle_dir", str(fake_lung_bundle))
+    assert result.returncode != 0
+    with open(tmp_path / "out" / "measurements.csv", newline="") as handle:
+        rows = {row["file"]: row for row in csv.DictReader(handle)}
+    blank = rows["blank.png"]
+    assert blank["status"] == "error" and "implausible lung field" in blank["error"]
+    assert "covers 100.0 % of the image" in blank["error"] and "blank.png" in blank["error"]
+    assert blank["opacity_pct"] == blank["lung_area_px"] == "" and not (tmp_path / "out" / "blank_seg.png").exists()
+    assert rows["cxr.png"]["status"] == "ok" and int(rows["cxr.png"]["lung_area_px"]) > 0
 
 
 def test_inference_from_lung_mask_files_reports_images_without_mask(

@@ -25,6 +25,7 @@ from monai.transforms import Compose, LoadImaged, MapTransform
 
 from .cxrseg.bundle import bundle_imports
 from .cxrseg.io import RadiographError, read_radiograph
+from .cxrseg.lungs import lung_field_problem
 
 
 def lung_label_values(bundle_dir: str | Path) -> list[int]:
@@ -105,15 +106,32 @@ def load_lung_bundle(
         )
 
 
+def _flag(value: bool | str) -> bool:
+    """A yes/no setting as a bool: ``python -m monai.bundle run --check_lung_field false`` passes the string
+    "false" (Python Fire reads only ``False`` as a bool), which would otherwise count as true."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
 def _source(image: str | torch.Tensor) -> str:
     """The file a radiograph came from, for error messages."""
-    return str(getattr(image, "meta", {}).get("filename_or_obj", "?")) if isinstance(image, torch.Tensor) else str(image)
+    if isinstance(image, torch.Tensor):
+        return str(getattr(image, "meta", {}).get("filename_or_obj", "?"))
+    return str(image)
 
 
-def _as_lung_field(mask: np.ndarray, image_path: str) -> MetaTensor:
-    """``(1, rows, cols)`` lung field; an empty one is an error of this image (nothing to crop or measure)."""
+def _as_lung_field(mask: np.ndarray, image_path: str, check: bool) -> MetaTensor:
+    """``(1, rows, cols)`` lung field; an empty one is an error of this image (nothing to crop or measure), and so,
+    with ``check``, is one that is not two plausible lungs (:func:`cxrseg.lungs.lung_field_problem`): opacity
+    measured inside it would be a figure about something else."""
     if not mask.any():
         raise RadiographError(image_path, "no lung field found, so no opacity can be measured")
+    problem = lung_field_problem(mask) if check else None
+    if problem is not None:
+        raise RadiographError(image_path, f"implausible lung field, so no opacity is measured: {problem}")
     return MetaTensor(torch.from_numpy(mask.astype(np.uint8)[None]))
 
 
@@ -122,16 +140,19 @@ class LungFieldd(MapTransform):
     has read, which is then not read and decoded a second time), from a lung bundle.
 
     The bundle is loaded on first use, so a config that lists this transform as an unused alternative
-    (``lung_source: dataset``) neither needs the lung bundle nor pays for it.
+    (``lung_source: dataset``) neither needs the lung bundle nor pays for it. ``check`` rejects a field that is not
+    two plausible lungs with a :class:`RadiographError`; it is off unless the config asks, so that training and
+    evaluation, which must score every case, are not changed by it.
     """
 
     def __init__(
         self, keys: KeysCollection, bundle_dir: str | Path, lung_key: str = "lung", device: torch.device | str = "cpu",
-        ckpt_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+        ckpt_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, check: bool | str = False,
     ) -> None:
         super().__init__(keys)
         self.bundle_dir, self.lung_key, self.device, self.ckpt_path = bundle_dir, lung_key, device, ckpt_path
         self.overrides = dict(overrides or {})
+        self.check = _flag(check)
         self._bundle: LungBundle | None = None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -140,18 +161,20 @@ class LungFieldd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key] if isinstance(d[key], torch.Tensor) else str(d[key])
-            d[self.lung_key] = _as_lung_field(self._bundle.segment(image), _source(d[key]))
+            d[self.lung_key] = _as_lung_field(self._bundle.segment(image), _source(d[key]), self.check)
         return d
 
 
 class LungMaskFiled(MapTransform):
     """Add ``lung_key``: the lung field read from ``<mask_dir>/<stem>.png`` for the radiograph ``data[key]`` (a file
     path or the loaded image, whose metadata names its file): ground-truth or precomputed lung masks instead of
-    the lung bundle."""
+    the lung bundle. ``check`` as for :class:`LungFieldd`."""
 
-    def __init__(self, keys: KeysCollection, mask_dir: str | Path | None, lung_key: str = "lung") -> None:
+    def __init__(
+        self, keys: KeysCollection, mask_dir: str | Path | None, lung_key: str = "lung", check: bool | str = False
+    ) -> None:
         super().__init__(keys)
-        self.mask_dir, self.lung_key = mask_dir, lung_key
+        self.mask_dir, self.lung_key, self.check = mask_dir, lung_key, _flag(check)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         if self.mask_dir is None:
@@ -163,5 +186,5 @@ class LungMaskFiled(MapTransform):
             if not mask_path.is_file():
                 raise RadiographError(source, f"no lung mask {mask_path}")
             pixels = read_radiograph(mask_path)
-            d[self.lung_key] = _as_lung_field(pixels > pixels.max() / 2, source)
+            d[self.lung_key] = _as_lung_field(pixels > pixels.max() / 2, source, self.check)
         return d

@@ -55,3 +55,13 @@ def bundle_imports(bundle_dir: str | Path) -> Iterator[None]:
         for name in _loaded_scripts_modules():
             del sys.modules[name]
         sys.modules.update(previous)
+
+
+def as_flag(value: bool | str) -> bool:
+    """A yes/no config value as a bool: ``python -m monai.bundle run --skip_existing false`` passes the string
+    "false" (Python Fire reads only ``False`` as a bool), which would otherwise count as true."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"expected true or false, got {value!r}")

@@ -60,6 +60,7 @@ from monai.data import Dataset, decollate_batch
 from monai.engines import SupervisedEvaluator
 from PIL import Image
 
+from .bundle import as_flag
 from .io import SUPPORTED_SUFFIXES, is_radiograph_file
 from .library_internals import default_iteration
 
@@ -256,8 +257,8 @@ class InferenceJob:
         self, input_dir: str | Path, output_dir: str | Path, recursive: bool = False, skip_existing: bool = False
     ) -> None:
         self.output_dir = Path(output_dir)
-        self.entries = list_radiographs(input_dir, recursive=recursive, exclude=output_dir)
-        self.done = completed_rows(self.output_dir, self.entries) if skip_existing else {}
+        self.entries = list_radiographs(input_dir, recursive=as_flag(recursive), exclude=output_dir)
+        self.done = completed_rows(self.output_dir, self.entries) if as_flag(skip_existing) else {}
         self.pending = [entry for entry in self.entries if entry[FILE_KEY] not in self.done]
         if self.done:
             logger.info("skip_existing: %d of %d inputs were already written to %s; segmenting the other %d",

@@ -251,3 +251,12 @@ def test_tolerant_dataset_indexing(tmp_path: Path) -> None:
     with pytest.raises(IndexError):
         dataset[len(entries)]
     assert len(list(dataset)) == len(entries)
+
+
+def test_false_from_the_command_line_switches_a_flag_off() -> None:
+    """``--skip_existing false`` reaches the config as the string "false": it must not count as true."""
+    from cxrseg.bundle import as_flag
+
+    assert (as_flag("false"), as_flag("True"), as_flag(False)) == (False, True, False)
+    with pytest.raises(ValueError, match="true or false"):
+        as_flag("no")

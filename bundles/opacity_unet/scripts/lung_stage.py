@@ -23,7 +23,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged, MapTransform
 
-from .cxrseg.bundle import bundle_imports
+from .cxrseg.bundle import as_flag, bundle_imports
 from .cxrseg.io import RadiographError, read_radiograph
 from .cxrseg.lungs import lung_field_problem
 
@@ -106,16 +106,6 @@ def load_lung_bundle(
         )
 
 
-def _flag(value: bool | str) -> bool:
-    """A yes/no setting as a bool: ``python -m monai.bundle run --check_lung_field false`` passes the string
-    "false" (Python Fire reads only ``False`` as a bool), which would otherwise count as true."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
 def _source(image: str | torch.Tensor) -> str:
     """The file a radiograph came from, for error messages."""
     if isinstance(image, torch.Tensor):
@@ -152,7 +142,7 @@ class LungFieldd(MapTransform):
         super().__init__(keys)
         self.bundle_dir, self.lung_key, self.device, self.ckpt_path = bundle_dir, lung_key, device, ckpt_path
         self.overrides = dict(overrides or {})
-        self.check = _flag(check)
+        self.check = as_flag(check)
         self._bundle: LungBundle | None = None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -174,7 +164,7 @@ class LungMaskFiled(MapTransform):
         self, keys: KeysCollection, mask_dir: str | Path | None, lung_key: str = "lung", check: bool | str = False
     ) -> None:
         super().__init__(keys)
-        self.mask_dir, self.lung_key, self.check = mask_dir, lung_key, _flag(check)
+        self.mask_dir, self.lung_key, self.check = mask_dir, lung_key, as_flag(check)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         if self.mask_dir is None:

@@ -1,14 +1,18 @@
-"""Training helpers for bundle configs: checkpoints that survive a kill, and finding the one to resume from."""
+"""Training helpers for bundle configs: checkpoints that survive a kill, the best model's settings file, and
+finding the checkpoint to resume from."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
 
 from .library_internals import make_checkpoints_atomic
+from .settings import write_settings
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 
@@ -22,11 +26,38 @@ class AtomicCheckpointSaver(CheckpointSaver):
     readable by their owner alone; Ignite now adds group and other read permission after the rename, so the
     atomic mode is switched back on here. Ignite removes the oldest checkpoint before writing the next one, so
     resumable training also needs ``n_saved`` of at least 2.
+
+    With ``settings`` (the config's ``weights_settings``: the ids that define the network and its input, with their
+    values), every time it writes the best model ``key_metric_filename`` it writes their values beside it
+    (``model.pt`` -> ``model.json``, :mod:`cxrseg.settings`), which evaluation and inference read back.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, settings: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         make_checkpoints_atomic(self)
+        self.settings = None if settings is None else dict(settings)
+        self.best_model_file = kwargs.get("key_metric_filename")
+        if self.settings is not None and self.best_model_file is None:
+            raise ValueError("settings are written beside the best model, which needs a fixed key_metric_filename")
+        self._settings_written_for: tuple[int, int] | None = None
+
+    def metrics_completed(self, engine: Engine) -> None:
+        """Save the best model when the key metric improved (MONAI's handler), then its settings beside it."""
+        super().metrics_completed(engine)
+        if self.settings is not None:
+            self._write_settings_of_best_model()
+
+    def _write_settings_of_best_model(self) -> None:
+        """Write the settings file once per file the best model was (re)written to: each atomic write makes a new
+        file, told apart by inode and modification time."""
+        best_model = Path(self.save_dir) / str(self.best_model_file)
+        if not best_model.is_file():
+            return
+        status = best_model.stat()
+        written_for = (status.st_ino, status.st_mtime_ns)
+        if written_for != self._settings_written_for:
+            write_settings(best_model, self.settings or {})
+            self._settings_written_for = written_for
 
 
 def _checkpoint_order(path: Path) -> tuple[int, float]:

@@ -79,7 +79,8 @@ def load_lung_bundle(
     config_file: str = "inference.yaml", overrides: Mapping[str, Any] | None = None,
 ) -> LungBundle:
     """Build the lung bundle's network (weights loaded) and transforms from its inference config, with
-    ``overrides`` of its config ids (e.g. ``{"image_size": [640, 512]}`` for weights trained at another size)."""
+    ``overrides`` of its config ids. Its network and input follow the settings file beside the weights
+    (``cxrseg/settings.py``); an override that disagrees with that file raises before any radiograph is segmented."""
     bundle_dir = Path(bundle_dir).resolve()
     config_path = bundle_dir / "configs" / config_file
     if not config_path.is_file():
@@ -89,11 +90,16 @@ def load_lung_bundle(
         parser = ConfigParser()
         parser.read_config(str(config_path))
         parser.update({"bundle_root": str(bundle_dir), "device": f"$torch.device('{device}')", **(overrides or {})})
+        if ckpt_path is not None:
+            # its network and input follow the settings file beside these weights (cxrseg/settings.py)
+            parser["ckpt_path"] = str(ckpt_path)
         ckpt = Path(ckpt_path) if ckpt_path is not None else Path(parser.get_parsed_content("ckpt_path"))
         if not ckpt.is_file():
             raise FileNotFoundError(
                 f"lung bundle weights {ckpt} not found: train {bundle_dir.name} first or set lung_ckpt_path"
             )
+        if "settings_check" in parser:
+            parser.get_parsed_content("settings_check")
         network = parser.get_parsed_content("network_def").to(device).eval()
         network.load_state_dict(torch.load(ckpt, map_location=device, weights_only=True))
         return LungBundle(

@@ -131,9 +131,9 @@ def test_lung_stage_comes_from_the_inference_config(tmp_path) -> None:
     assert lung_stage_bundle(BUNDLES_DIR / "opacity_unet") == (BUNDLES_DIR / "lung_vae").resolve()
     with pytest.raises(FileNotFoundError, match="opacity_unet needs trained lung_vae weights"):
         lung_stage_overrides(BUNDLES_DIR / "opacity_unet", None)
-    overrides = lung_stage_overrides(BUNDLES_DIR / "opacity_unet", tmp_path / "lung.pt", [64, 64])
-    assert overrides["lung_ckpt_path"] == tmp_path / "lung.pt" and overrides["lung_overrides"] == {
-        "image_size": [64, 64]
+    # the lung weights' settings travel in their settings file, so the lung stage needs no image_size of its own
+    assert lung_stage_overrides(BUNDLES_DIR / "opacity_unet", tmp_path / "lung.pt") == {
+        "lung_bundle_dir": (BUNDLES_DIR / "lung_vae").resolve(), "lung_ckpt_path": tmp_path / "lung.pt"
     }
 
 

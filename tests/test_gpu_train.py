@@ -26,6 +26,7 @@ def test_dry_run_brings_back_weights_and_logs_of_every_bundle(tmp_path: Path) ->
     for bundle in summary["bundles"]:
         folder = tmp_path / "out" / bundle["bundle"]
         assert (folder / "model.pt").stat().st_size > 10_000
+        assert json.loads((folder / "model.json").read_text())["image_size"], "the weights' settings come too"
         assert "Epoch[1] Complete" in (folder / "train.log").read_text()
 
 

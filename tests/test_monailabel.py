@@ -99,10 +99,11 @@ def config_value(bundle_dir: Path, config: str, key: str) -> object:
 
 
 def give_weights(bundle_dir: Path, phantoms: Path, work_dir: Path) -> None:
-    """Keep shipped weights; otherwise train one short epoch at the inference image size into the copy."""
+    """Keep shipped weights; otherwise train one short epoch into the copy, at the image size of the inference
+    config's defaults (the training run writes its settings beside the weights, which inference then follows)."""
     if (bundle_dir / "models" / "model.pt").is_file():
         return
-    image_size = config_value(bundle_dir, "inference.yaml", "image_size")
+    image_size = config_value(bundle_dir, "inference.yaml", "trained_with#defaults#image_size")
     run_checked([
         sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle_dir / "configs" / "train.yaml"),
         "--bundle_root", str(bundle_dir), "--dataset_dir", str(phantoms), "--output_dir", str(work_dir),

@@ -32,7 +32,6 @@ from tools.budgets import (
     lung_stage_bundle,
     lung_stage_overrides,
     shipped_settings,
-    trained_image_size,
 )
 from tools.bundle_runs import (
     BUNDLES_DIR,
@@ -50,7 +49,7 @@ LOG = logging.getLogger("tools.benchmark")
 
 LARGE_REPEATS = 3
 INFERENCE_LIMIT = 30
-PROFILE_OVERRIDES = ("image_size", "lung_bundle_dir", "lung_ckpt_path", "lung_overrides")
+PROFILE_OVERRIDES = ("ckpt_path", "lung_bundle_dir", "lung_ckpt_path", "lung_overrides")
 
 
 def inference_inputs(dataset_dir: Path, folder: Path, limit: int, cases: Sequence[str]) -> list[dict]:
@@ -193,10 +192,7 @@ def run_bundle(
         return run.record
 
     inference = {"bundle_root": bundle_dir, "ckpt_dir": ckpt_dir, "ckpt_path": ckpt_dir / "model.pt", "num_workers": 0}
-    lung_bundle = lung_stage_bundle(bundle_dir)
-    lung_image_size = trained_image_size(budget, lung_bundle) if lung_bundle is not None else None
-    inference |= lung_stage_overrides(bundle_dir, lung_weights, lung_image_size)
-    inference |= {key: value for key, value in common.items() if key == "image_size"}
+    inference |= lung_stage_overrides(bundle_dir, lung_weights)
     inference_stages(run, inference, dataset_dir, large_threads)
     return run.record
 

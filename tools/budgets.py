@@ -2,17 +2,19 @@
 
 Facts about a bundle come from the bundle itself, so a new bundle needs no change here: the dataset it is
 scored on and the cases its weights never trained on from ``metadata.json``'s ``held_out`` (a custom key,
-beside the Model Zoo's), its lung stage from ``inference.yaml``'s ``lung_bundle_dir``, and the input size of
-its shipped weights from ``inference.yaml``'s ``image_size``.
+beside the Model Zoo's) and its lung stage from ``inference.yaml``'s ``lung_bundle_dir``. The settings any
+weights were trained with (``image_size`` and the others that define the network) travel in the settings file
+beside them (``models/model.json``, ``cxrseg/settings.py``), which evaluation and inference read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxrseg.settings import settings_path
 from tools.bundle_runs import SHARED_DATA, parse_bundle_config, read_bundle_yaml, read_metadata
 
 LARGE_SIDE = 2048
@@ -58,7 +60,8 @@ BUDGETS = {
     ),
     "paper": Budget("the paper's settings (bundle defaults: epochs, size, batch), for a GPU"),
     "shipped": Budget(
-        "no training: the shipped models/model.pt of each bundle at the settings of its inference.yaml", train=False
+        "no training: the shipped models/model.pt of each bundle at the settings recorded beside it (model.json)",
+        train=False,
     ),
 }
 
@@ -101,17 +104,13 @@ def dataset_of(bundle_dir: Path, dataset_dir: str | None) -> Path:
     return path.resolve()
 
 
-def trained_image_size(budget: Budget, bundle_dir: Path) -> list[int] | None:
-    """The ``image_size`` a bundle was trained at in this benchmark: the budget's, else the bundle's
-    ``train.yaml`` default; None for the shipped weights, whose ``inference.yaml`` states theirs."""
-    if not budget.train:
-        return None
-    return budget.overrides().get("image_size", read_bundle_yaml(bundle_dir, "train.yaml")["image_size"])
-
-
 def shipped_settings(bundle_dir: Path) -> dict[str, Any]:
-    """The settings the shipped weights were trained with, as ``inference.yaml`` states them (``image_size``),
-    for evaluating ``models/model.pt`` through ``train.yaml`` + ``evaluate.yaml``."""
+    """Overrides for evaluating the shipped ``models/model.pt`` through ``train.yaml`` + ``evaluate.yaml`` at the
+    settings it was trained with: none where its settings file records them (``evaluate.yaml`` reads it), else
+    the ``image_size`` its ``inference.yaml`` states (checkouts from before the settings files, which
+    ``python -m tools compare_inference`` also runs)."""
+    if settings_path(bundle_dir / "models" / "model.pt").is_file():
+        return {}
     return {"image_size": read_bundle_yaml(bundle_dir, "inference.yaml")["image_size"]}
 
 
@@ -129,18 +128,12 @@ def shipped_lung_weights(bundle_dir: Path) -> Path | None:
     return None if lung_bundle is None else lung_bundle / "models" / "model.pt"
 
 
-def lung_stage_overrides(
-    bundle_dir: Path, lung_weights: Path | None, lung_image_size: Sequence[int] | None = None
-) -> dict[str, Any]:
-    """Overrides naming the lung model of a two-stage bundle (the lung bundle segments the lung field first),
-    and the ``image_size`` it was trained at where that is not the one of its ``inference.yaml``; empty for
-    one-stage bundles."""
+def lung_stage_overrides(bundle_dir: Path, lung_weights: Path | None) -> dict[str, Any]:
+    """Overrides naming the lung model of a two-stage bundle (the lung bundle segments the lung field first; its
+    network and input follow the settings file beside ``lung_weights``); empty for one-stage bundles."""
     lung_bundle = lung_stage_bundle(bundle_dir)
     if lung_bundle is None:
         return {}
     if lung_weights is None:
         raise FileNotFoundError(f"{bundle_dir.name} needs trained {lung_bundle.name} weights for its lung stage")
-    overrides: dict[str, Any] = {"lung_bundle_dir": lung_bundle, "lung_ckpt_path": lung_weights}
-    if lung_image_size is not None:
-        overrides["lung_overrides"] = {"image_size": list(lung_image_size)}
-    return overrides
+    return {"lung_bundle_dir": lung_bundle, "lung_ckpt_path": lung_weights}

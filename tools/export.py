@@ -40,12 +40,13 @@ def example_input(metadata: dict, seed: int = 0) -> torch.Tensor:
 
 
 def eager_network(bundle_dir: Path, ckpt_file: Path) -> torch.nn.Module:
-    """``network_def`` of the inference config with the checkpoint's weights, in eval mode on the CPU."""
+    """``network_def`` of the inference config with the checkpoint's weights, in eval mode on the CPU; built with
+    the settings recorded beside the checkpoint (``ckpt_path``: ``cxrseg/settings.py``)."""
     meta_file, config_file = config_files(bundle_dir)
     parser = ConfigParser()
     parser.read_config(config_file)
     parser.read_meta(meta_file)
-    parser["bundle_root"] = str(bundle_dir)
+    parser.update({"bundle_root": str(bundle_dir), "ckpt_path": str(ckpt_file)})
     network = parser.get_parsed_content("network_def")
     state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state))
@@ -67,7 +68,7 @@ def export_torchscript(
     trace = metadata.get("torchscript_export", "script") == "trace"
     ckpt_export(
         net_id="network_def", filepath=str(filepath), ckpt_file=str(ckpt_file), meta_file=meta_file,
-        config_file=config_file, bundle_root=str(bundle_dir), use_trace=trace,
+        config_file=config_file, bundle_root=str(bundle_dir), ckpt_path=str(ckpt_file), use_trace=trace,
         input_shape=list(example.shape) if trace else None,
     )
 
@@ -76,7 +77,8 @@ def export_onnx(bundle_dir: Path, ckpt_file: Path, filepath: Path, metadata: dic
     meta_file, config_file = config_files(bundle_dir)
     onnx_export(
         net_id="network_def", filepath=str(filepath), ckpt_file=str(ckpt_file), meta_file=meta_file,
-        config_file=config_file, bundle_root=str(bundle_dir), use_trace=True, input_shape=list(example.shape),
+        config_file=config_file, bundle_root=str(bundle_dir), ckpt_path=str(ckpt_file), use_trace=True,
+        input_shape=list(example.shape),
         converter_kwargs={"dynamo": False, "opset_version": ONNX_OPSET, "input_names": ["image"],
                           "output_names": ["pred"], "verify": False},
     )

@@ -3,9 +3,9 @@
 A GPU is lent to some sessions only, for minutes (README, "Training on a lent GPU"), so the run is prepared and
 tested here on CPU at tiny settings (``--tiny``), and on the GPU it does one thing: train the bundles side by side
 on the one device, each through its own ``train.yaml`` (the paper's image size, epochs and batch are its
-defaults), each stopped by a wall-clock budget, and copy ``model.pt`` and the training log of each into the output
-folder. Validation saves the best ``model.pt`` atomically after every epoch, so a run the budget stops still
-brings back its best weights.
+defaults), each stopped by a wall-clock budget, and copy ``model.pt``, its settings file ``model.json`` and the
+training log of each into the output folder. Validation saves the best ``model.pt`` atomically after every epoch,
+so a run the budget stops still brings back its best weights, with the settings they were trained at.
 
     python -m tools.gpu_train carry --to .gpu             # here: wheels and data into an ignored folder
     python -m tools.gpu_train device_command              # the command line to give the device tool
@@ -55,13 +55,18 @@ def bundle_command(bundle: str, dataset_dirs: list[str], run_dir: Path, tiny: bo
 
 
 def collect(bundle: str, run_dir: Path, out: Path) -> dict[str, object]:
-    """Copy the best weights and the log of one run to ``out/<bundle>/`` and say what came of it."""
+    """Copy the best weights with their settings file and the log of one run to ``out/<bundle>/`` and say what
+    came of it."""
     target = out / bundle
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy2(run_dir / "train.log", target / "train.log")
     weights = run_dir / "models" / "model.pt"
     if weights.is_file():
         shutil.copy2(weights, target / "model.pt")
+    # the settings file beside the weights (cxrseg.settings.settings_path; not imported: this module stays stdlib)
+    settings = weights.with_suffix(".json")
+    if settings.is_file():
+        shutil.copy2(settings, target / settings.name)
     return {"bundle": bundle, "weights": weights.is_file()}
 
 
@@ -76,7 +81,7 @@ def train(
     work_dir: str | None = None,
 ) -> None:
     """Train ``bundles`` side by side, each for at most ``minutes``, on ``sources`` under ``data_root``; copy each
-    one's ``model.pt`` and ``train.log`` to ``out/<bundle>/`` and write ``out/summary.json``.
+    one's ``model.pt``, ``model.json`` and ``train.log`` to ``out/<bundle>/`` and write ``out/summary.json``.
 
     ``--tiny`` is the CPU dry run: synthetic phantoms, one epoch of four images at the smallest size. Exits 1 when
     a bundle brought back no weights.

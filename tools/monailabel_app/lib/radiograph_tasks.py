@@ -12,6 +12,12 @@ they fail in four ways, each handled here rather than in the bundles:
   labels cannot be written as PNG, so every result is a ``.png`` of ``uint8``;
 * ``pretrained=False`` makes ``BundleTrainTask`` call ``os.path.exists(None)`` and crash.
 
+The network and transforms of a bundle follow the settings its training run wrote beside ``models/model.pt``
+(``models/model.json``, README "Weights carry their settings"), which ``inference.yaml`` reads when it is parsed.
+``BundleInferTask`` parses it once and only reloads the weights when the file changes, so after a training request
+it would load new weights into a network built for the old ones; the inference task parses the config again
+whenever the weights file is replaced.
+
 Training also needs a datalist in the collection's form: MONAI Label hands over one label map per image,
 whose values are the bundle's ``channel_def``, while the bundles read one mask per structure
 (``LoadLabelMapd``). Each label map is split into per-class masks named after the bundle's ``label_classes``.
@@ -20,6 +26,7 @@ whose values are the bundle's ``channel_def``, while the bundles read one mask p
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +39,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
+from monailabel.utils.others.class_utils import unload_module
 from PIL import Image
 
 RESULT_CONFIG = {"result_extension": ".png", "result_dtype": "uint8"}
@@ -60,14 +68,46 @@ class SqueezeTransposeLabeld(MapTransform):
         return d
 
 
+def file_version(path: Path) -> tuple[int, int] | None:
+    """Inode and modification time of a file (None when it does not exist): an atomic replacement, as the
+    bundles' checkpoint saver writes ``model.pt``, changes the inode even within one clock tick."""
+    if not path.is_file():
+        return None
+    status = path.stat()
+    return status.st_ino, status.st_mtime_ns
+
+
 class RadiographInferTask(BundleInferTask):
-    """``BundleInferTask`` writing 8-bit PNG label maps the same way up as the input radiograph.
+    """``BundleInferTask`` writing 8-bit PNG label maps the same way up as the input radiograph, with a network and
+    transforms built for the weights it loads.
 
     Label names and values come from the metadata ``channel_def`` of the bundle's output (MONAI Label reads it).
     """
 
     def __init__(self, path: str, conf: dict[str, str]) -> None:
         super().__init__(path, conf, type=InferType.SEGMENTATION, load_strict=True, config=dict(RESULT_CONFIG))
+        self.weights_file = Path(path) / "models" / "model.pt"
+        self.weights_version = file_version(self.weights_file)
+
+    def follow_weights(self) -> None:
+        """Parse ``inference.yaml`` again and rebuild the network when ``models/model.pt`` was replaced since the
+        config was parsed, so that the settings beside the new weights take effect (MONAI Label reloads the
+        weights into a copy of ``self.network`` when the file changes)."""
+        version = file_version(self.weights_file)
+        if not self.is_valid() or version == self.weights_version:
+            return
+        self.bundle_config = self._load_bundle_config(self.bundle_path, self.bundle_config_path)
+        sys.path.insert(0, self.bundle_path)
+        unload_module("scripts")
+        try:
+            self.network = self.bundle_config.get_parsed_content("network_def", instantiate=True)
+        finally:
+            sys.path.remove(self.bundle_path)
+        self.weights_version = version
+
+    def pre_transforms(self, data: Any = None) -> Sequence[Any]:
+        self.follow_weights()
+        return super().pre_transforms(data)
 
     def post_transforms(self, data: Any = None) -> Sequence[Any]:
         return [*super().post_transforms(data), SqueezeTransposeLabeld(keys=self.key_pred)]

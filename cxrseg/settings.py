@@ -94,8 +94,11 @@ class WeightsSettings:
         self.defaults = dict(defaults)
         self.recorded = read_settings(ckpt_path)
         if self.recorded is None:
-            logger.info("%s has no settings file %s: the network and its input follow the config", self.ckpt_path,
-                        self.path.name)
+            logger.info(
+                "%s has no settings file %s: the network and its input follow the config",
+                self.ckpt_path,
+                self.path.name,
+            )
 
     def __getitem__(self, name: str) -> Any:
         if self.recorded is not None and name in self.recorded:

@@ -99,8 +99,12 @@ def test_checkpoint_saver_writes_the_settings_whenever_it_writes_the_best_model(
     engine = Engine(lambda engine, batch: None)
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(dice=next(scores)))
     AtomicCheckpointSaver(
-        save_dir=str(tmp_path), save_dict={"model": torch.nn.Linear(1, 1)}, save_key_metric=True,
-        key_metric_name="dice", key_metric_filename="model.pt", settings={"image_size": (64, 64)},
+        save_dir=str(tmp_path),
+        save_dict={"model": torch.nn.Linear(1, 1)},
+        save_key_metric=True,
+        key_metric_name="dice",
+        key_metric_filename="model.pt",
+        settings={"image_size": (64, 64)},
     ).attach(engine)
     written: list[bool] = []
 
@@ -113,8 +117,9 @@ def test_checkpoint_saver_writes_the_settings_whenever_it_writes_the_best_model(
     assert written == [True, False, True], "with the first and the improved best model, not for the worse epoch"
     assert read_settings(tmp_path / "model.pt") is None and (tmp_path / "model.pt").is_file()
     with pytest.raises(ValueError, match="key_metric_filename"):
-        AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": torch.nn.Linear(1, 1)},
-                              save_key_metric=True, settings={})
+        AtomicCheckpointSaver(
+            save_dir=str(tmp_path), save_dict={"model": torch.nn.Linear(1, 1)}, save_key_metric=True, settings={}
+        )
 
 
 # --- what each bundle records -------------------------------------------------------------------------------------
@@ -185,18 +190,38 @@ def test_weights_trained_with_defaults_evaluate_and_infer_with_defaults(
     """Train with train.yaml's defaults (one epoch on two phantoms), then evaluate and infer with the defaults of
     evaluate.yaml and inference.yaml: both run on the trained network at the trained size."""
     ckpt_dir, out = tmp_path / "models", tmp_path / "out"
-    run_workflow(bundle, ["train.yaml"], "train", dataset_dir=str(phantom_dir), epochs=1, train_size=2,
-                 ckpt_dir=str(ckpt_dir), output_dir=str(out / "train"))
+    run_workflow(
+        bundle,
+        ["train.yaml"],
+        "train",
+        dataset_dir=str(phantom_dir),
+        epochs=1,
+        train_size=2,
+        ckpt_dir=str(ckpt_dir),
+        output_dir=str(out / "train"),
+    )
     recorded = read_settings(ckpt_dir / "model.pt")
     train = raw(bundle, "train.yaml")
     assert recorded == {name: train[name] for name in train["weights_settings"]}
 
-    run_workflow(bundle, ["train.yaml", "evaluate.yaml"], "train", dataset_dir=str(phantom_dir),
-                 ckpt_dir=str(ckpt_dir), output_dir=str(out / "eval"))
+    run_workflow(
+        bundle,
+        ["train.yaml", "evaluate.yaml"],
+        "train",
+        dataset_dir=str(phantom_dir),
+        ckpt_dir=str(ckpt_dir),
+        output_dir=str(out / "eval"),
+    )
     assert json.loads((out / "eval" / "metrics_summary.json").read_text())["cases"] > 0
 
-    run_workflow(bundle, ["inference.yaml"], "infer", dataset_dir=str(tiny_inputs),
-                 ckpt_path=str(ckpt_dir / "model.pt"), output_dir=str(out / "infer"))
+    run_workflow(
+        bundle,
+        ["inference.yaml"],
+        "infer",
+        dataset_dir=str(tiny_inputs),
+        ckpt_path=str(ckpt_dir / "model.pt"),
+        output_dir=str(out / "infer"),
+    )
     with open(out / "infer" / "measurements.csv", newline="", encoding="utf-8") as handle:
         assert [row["status"] for row in csv.DictReader(handle)] == ["ok"]
 
@@ -210,12 +235,24 @@ def test_inference_with_an_image_size_other_than_the_weights_stops_before_any_im
     ckpt.write_bytes((BUNDLES_DIR / "res_cr_net" / "models" / "model.pt").read_bytes())
     write_settings(ckpt, read_settings(BUNDLES_DIR / "res_cr_net" / "models" / "model.pt") or {})
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config("res_cr_net", "inference.yaml")),
-        "--dataset_dir", str(tiny_inputs), "--output_dir", str(tmp_path / "out"), "--ckpt_path", str(ckpt),
-        "--image_size", "[64, 64]",
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(config("res_cr_net", "inference.yaml")),
+        "--dataset_dir",
+        str(tiny_inputs),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--ckpt_path",
+        str(ckpt),
+        "--image_size",
+        "[64, 64]",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT,
-                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO_ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode != 0
     assert "image_size is [64, 64] in the config but [128, 144] in the weights' settings" in result.stderr
     assert str(settings_path(ckpt)) in result.stderr

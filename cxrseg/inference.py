@@ -151,7 +151,7 @@ def output_stems(files: Sequence[str]) -> dict[str, str]:
         stem_counts[key] = stem_counts.get(key, 0) + 1
     taken: set[str] = set()
     stems: dict[str, str] = {}
-    for name, path in zip(files, paths):
+    for name, path in zip(files, paths, strict=True):
         shared = stem_counts[(str(path.parent).casefold(), path.stem.casefold())] > 1
         candidate = str(path.parent / (f"{path.stem}_{path.suffix.lstrip('.')}" if shared else path.stem))
         stem, number = candidate, 2
@@ -419,7 +419,8 @@ class SegmentationWriter:
         if rank == 0:
             done = self.job.done if self.job is not None else {}
             order = {entry[FILE_KEY]: index for index, entry in enumerate(self._entries(engine)) if FILE_KEY in entry}
-            _write_csv_atomically(self.csv_path, self.columns, sorted(done.values(), key=lambda row: order[row["file"]]))
+            kept = sorted(done.values(), key=lambda row: order[row["file"]])
+            _write_csv_atomically(self.csv_path, self.columns, kept)
             for stale in _rank_row_files(self.output_dir):
                 stale.unlink()
         _barrier()
@@ -481,7 +482,7 @@ class SegmentationWriter:
         outputs, batch = engine.state.output, engine.state.batch
         outputs = decollate_batch(outputs) if isinstance(outputs, dict) else outputs
         batch = decollate_batch(batch) if isinstance(batch, dict) else batch
-        for item, batch_item in zip(outputs, batch):
+        for item, batch_item in zip(outputs, batch, strict=True):
             self._write_one({**batch_item, **item})
 
     def merge_rows(self, entries: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:

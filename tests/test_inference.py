@@ -13,7 +13,15 @@ import torch
 from ignite.engine import Engine
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
-from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, ScaleIntensityd, SpatialPadd
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    EnsureChannelFirstd,
+    Invertd,
+    LoadImaged,
+    ScaleIntensityd,
+    SpatialPadd,
+)
 from PIL import Image
 
 from cxrseg.inference import (
@@ -119,7 +127,8 @@ def test_listing_rejects_missing_or_empty_folders(tmp_path: Path) -> None:
 
 
 def test_output_stems_never_collide() -> None:
-    assert output_stems(["a/x.png", "a/x.dcm", "a/y.png"]) == {"a/x.png": "a/x_png", "a/x.dcm": "a/x_dcm", "a/y.png": "a/y"}
+    stems = output_stems(["a/x.png", "a/x.dcm", "a/y.png"])
+    assert stems == {"a/x.png": "a/x_png", "a/x.dcm": "a/x_dcm", "a/y.png": "a/y"}
 
 
 def test_output_stems_survive_case_and_suffix_clashes() -> None:

@@ -129,7 +129,7 @@ def fill_datastore(studies: Path, phantoms: Path, label_classes: list[list[str]]
     labels_dir = studies / "labels" / "final"
     labels_dir.mkdir(parents=True)
     to_label_map = LoadLabelMapd(keys="label", classes=label_classes)
-    for index, entry in enumerate(load_split(phantoms, "training")[:LABELLED_CASES]):
+    for entry in load_split(phantoms, "training")[:LABELLED_CASES]:
         shutil.copy(entry["image"], studies / f"{entry['case']}.png")
         label = np.asarray(to_label_map({"label": entry["label"]})["label"])[0].astype(np.uint8)
         Image.fromarray(label).save(labels_dir / f"{entry['case']}.png")

@@ -182,7 +182,7 @@ def test_roc_auc_and_curve_on_known_scores(opacity_scripts, tmp_path: Path) -> N
     metadata = tmp_path / "metadata.csv"
     metadata.write_text("case,patientid,went_icu,survival\na,1,N,Y\nb,2,Y,N\nc,3,N,Y\nd,4,Y,Y\ne,5,,\n")
     scores = [1.0, 2.0, 3.0, 4.0, 9.0]
-    rows = [{"case": c, "pred_opacity_pct": s, "ref_opacity_pct": s} for c, s in zip("abcde", scores)]
+    rows = [{"case": c, "pred_opacity_pct": s, "ref_opacity_pct": s} for c, s in zip("abcde", scores, strict=True)]
     rows.append({"case": "clear", "pred_opacity_pct": 0.5, "ref_opacity_pct": 0.0})
     summary = opacity_scripts.report.write_severity_report(rows, tmp_path / "out", metadata)
     icu = summary["roc_auc"]["icu"]["pred_opacity_pct"]
@@ -330,7 +330,7 @@ def test_inference_from_lung_mask_files_reports_images_without_mask(
     cases = sorted(p.stem for p in (phantom_dir / "images").glob("*.png"))[:2]
     for case in cases:
         Image.open(phantom_dir / "images" / f"{case}.png").save(in_dir / f"{case}.png")
-    lungs = [np.asarray(Image.open(phantom_dir / "masks" / side / f"{cases[0]}.png")) 
+    lungs = [np.asarray(Image.open(phantom_dir / "masks" / side / f"{cases[0]}.png"))
              for side in ("left_lung", "right_lung")]
     Image.fromarray(np.maximum(*lungs)).save(mask_dir / f"{cases[0]}.png")
     result = run_inference(in_dir, tmp_path / "out", untrained_checkpoint, "--lung_source", "masks",

@@ -107,7 +107,9 @@ def load_lung_bundle(
 
 def _source(image: str | torch.Tensor) -> str:
     """The file a radiograph came from, for error messages."""
-    return str(getattr(image, "meta", {}).get("filename_or_obj", "?")) if isinstance(image, torch.Tensor) else str(image)
+    if isinstance(image, torch.Tensor):
+        return str(getattr(image, "meta", {}).get("filename_or_obj", "?"))
+    return str(image)
 
 
 def _as_lung_field(mask: np.ndarray, image_path: str) -> MetaTensor:

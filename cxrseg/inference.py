@@ -28,6 +28,7 @@ How a bundle wires it (``inference.yaml``)::
         label_names: "@label_names"      # from channel_def, background first
         postprocessing: "@postprocessing"  # ends with a discrete label map at the input size (Invertd)
         measure: {_target_: scripts.<bundle>.measurements, _mode_: callable}
+        overlay: "@overlay"              # true: also <stem>_overlay.png, the labels drawn on the radiograph
         job: "@job"
     evaluator:
       _target_: SupervisedEvaluator
@@ -62,6 +63,7 @@ from PIL import Image
 
 from .io import SUPPORTED_SUFFIXES, is_radiograph_file
 from .library_internals import default_iteration
+from .overlay import save_label_overlay
 
 SOURCE_KEY = "source"
 ERROR_KEY = "error"
@@ -353,7 +355,9 @@ class SegmentationWriter:
             the input's original size (``Invertd`` of the resizing preprocessing).
         measure: bundle-specific measurements of one label map; it is called once on an empty map at
             start-up to learn the CSV columns, so it must handle empty predictions.
-        save_extras: optional per-image extra outputs (overlays, uncertainty maps).
+        save_extras: optional per-image extra outputs of a bundle's own (uncertainty maps, opacity overlays).
+        overlay: also write ``<stem>_overlay.png``, the radiograph with each label outlined in its colour
+            (:mod:`cxrseg.overlay`), so a person can check the result without a viewer for label maps.
         fail_on_error: raise :class:`InferenceFailures` at the end when any input failed, so that
             ``python -m monai.bundle run`` exits non-zero.
         job: the run's :class:`InferenceJob` (input order, earlier rows kept by ``skip_existing``); without it
@@ -367,6 +371,7 @@ class SegmentationWriter:
         postprocessing: Callable[[dict], dict] | None = None,
         measure: Measure | None = None,
         save_extras: SaveExtras | None = None,
+        overlay: bool = False,
         fail_on_error: bool = True,
         job: InferenceJob | None = None,
     ) -> None:
@@ -375,6 +380,7 @@ class SegmentationWriter:
         self.postprocessing = postprocessing
         self.measure = measure
         self.save_extras = save_extras
+        self.overlay = overlay
         self.fail_on_error = fail_on_error
         self.job = job
         self.failures: list[str] = []
@@ -470,6 +476,8 @@ class SegmentationWriter:
                 row |= dict(self.measure(label_map))
             if self.save_extras is not None:
                 self.save_extras(processed, label_map, self.output_dir, stem)
+            if self.overlay:
+                save_label_overlay(source, label_map, self.output_dir, stem)
         except Exception as error:  # one image's post-processing failure must not lose the others
             self._record_error(item, describe_failure(error, source))
             return

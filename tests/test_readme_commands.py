@@ -173,10 +173,10 @@ RULES = (
     # Benchmark
     Rule(r"python -m tools benchmark --budget shipped ",
          shorten=(("--budget shipped", f"--budget shipped {SMALL_BENCHMARK}"),),
-         why=f"{GENERIC_BUNDLE} alone, on 8 phantoms, no plots", slow=True),
+         why=f"{GENERIC_BUNDLE} alone, on 16 phantoms, no plots", slow=True),
     Rule(r"python -m tools benchmark --budget quick ",
          shorten=(("--budget quick", f"--budget quick {SMALL_BENCHMARK} --compare_cache false"),),
-         why=f"{GENERIC_BUNDLE} alone, on 8 phantoms, no plots", slow=True),
+         why=f"{GENERIC_BUNDLE} alone, on 16 phantoms, no plots", slow=True),
     Rule(r"python -m tools benchmark --budget paper ", skip="the papers' settings: hours, meant for a GPU"),
     Rule(r"python -m tools memory ",
          shorten=(("--bundle res_cr_net", "--bundle res_cr_net --steps 1 --batch_size 2 --dataset_dir data/jsrt"
@@ -322,7 +322,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     phantom radiographs for IN, ARCHIVE and IMAGES_DIR, and 4 Montgomery cases when the real data is here."""
     tmp = tmp_path_factory.mktemp("readme-inputs")
     for seed, name in enumerate(("jsrt", "shenzhen")):  # README's data/<name>, prepared from downloads
-        generate_dataset(tmp / "data" / name, count=8, size=256, seed=seed)
+        generate_dataset(tmp / "data" / name, count=16, size=256, seed=seed)
     phantoms = sorted((tmp / "data" / "jsrt" / "images").glob("*.png"))
     few, studies, images = tmp / "few_phantoms", tmp / "studies", tmp / "inputs"
     for folder, count in ((few, 3), (studies, 3), (images, 2)):

@@ -126,7 +126,7 @@ class RandBorderd(RandomizableTransform, MapTransform):
             image = torch.as_tensor(d[key]).clone()
             rows, cols = image.shape[-2:]
             value = image.max() if white else image.min()
-            for side, fraction in zip(sides, fractions):
+            for side, fraction in zip(sides, fractions, strict=True):
                 extent = rows if side in ("top", "bottom") else cols
                 row_slice, col_slice = self.band(side, max(1, round(fraction * extent)), rows, cols)
                 image[..., row_slice, col_slice] = value

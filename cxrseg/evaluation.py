@@ -142,7 +142,7 @@ class MetricsWriter:
     def _collect(self, engine: Engine) -> None:
         output = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [None] * len(output)
-        for item, batch_item in zip(output, batch):
+        for item, batch_item in zip(output, batch, strict=True):
             pred, reference = to_label_map(item["pred"]), to_label_map(item["label"])
             row: dict[str, Any] = {
                 "case": self._case_name(item, batch_item),
@@ -166,7 +166,9 @@ class MetricsWriter:
                 for source in sources
             }
         (self.output_dir / f"{self.prefix}_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        logger.info("evaluation of %d cases: mean Dice %s; written to %s", len(self.rows), summary["mean_dice"], per_case)
+        logger.info(
+            "evaluation of %d cases: mean Dice %s; written to %s", len(self.rows), summary["mean_dice"], per_case
+        )
 
 
 class PerSourceDice:
@@ -193,7 +195,7 @@ class PerSourceDice:
     def _collect(self, engine: Engine) -> None:
         output = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         batch = engine.state.batch if isinstance(engine.state.batch, list) else [{}] * len(output)
-        for item, batch_item in zip(output, batch):
+        for item, batch_item in zip(output, batch, strict=True):
             source = str((batch_item or {}).get(SOURCE_KEY) or "all")
             pred, reference = to_label_map(item["pred"]), to_label_map(item["label"])
             for value, name in enumerate(self.label_names[1:], start=1):

@@ -28,6 +28,7 @@ How a bundle wires it (``inference.yaml``)::
         label_names: "@label_names"      # from channel_def, background first
         postprocessing: "@postprocessing"  # ends with a discrete label map at the input size (Invertd)
         measure: {_target_: scripts.<bundle>.measurements, _mode_: callable}
+        overlay: "@overlay"              # true: also <stem>_overlay.png, the labels drawn on the radiograph
         job: "@job"
     evaluator:
       _target_: SupervisedEvaluator
@@ -63,6 +64,7 @@ from PIL import Image
 from .bundle import as_flag
 from .io import SUPPORTED_SUFFIXES, is_radiograph_file
 from .library_internals import default_iteration
+from .overlay import save_label_overlay
 
 SOURCE_KEY = "source"
 ERROR_KEY = "error"
@@ -152,7 +154,7 @@ def output_stems(files: Sequence[str]) -> dict[str, str]:
         stem_counts[key] = stem_counts.get(key, 0) + 1
     taken: set[str] = set()
     stems: dict[str, str] = {}
-    for name, path in zip(files, paths):
+    for name, path in zip(files, paths, strict=True):
         shared = stem_counts[(str(path.parent).casefold(), path.stem.casefold())] > 1
         candidate = str(path.parent / (f"{path.stem}_{path.suffix.lstrip('.')}" if shared else path.stem))
         stem, number = candidate, 2
@@ -354,7 +356,9 @@ class SegmentationWriter:
             the input's original size (``Invertd`` of the resizing preprocessing).
         measure: bundle-specific measurements of one label map; it is called once on an empty map at
             start-up to learn the CSV columns, so it must handle empty predictions.
-        save_extras: optional per-image extra outputs (overlays, uncertainty maps).
+        save_extras: optional per-image extra outputs of a bundle's own (uncertainty maps, opacity overlays).
+        overlay: also write ``<stem>_overlay.png``, the radiograph with each label outlined in its colour
+            (:mod:`cxrseg.overlay`), so a person can check the result without a viewer for label maps.
         fail_on_error: raise :class:`InferenceFailures` at the end when any input failed, so that
             ``python -m monai.bundle run`` exits non-zero.
         job: the run's :class:`InferenceJob` (input order, earlier rows kept by ``skip_existing``); without it
@@ -368,6 +372,7 @@ class SegmentationWriter:
         postprocessing: Callable[[dict], dict] | None = None,
         measure: Measure | None = None,
         save_extras: SaveExtras | None = None,
+        overlay: bool = False,
         fail_on_error: bool = True,
         job: InferenceJob | None = None,
     ) -> None:
@@ -376,6 +381,7 @@ class SegmentationWriter:
         self.postprocessing = postprocessing
         self.measure = measure
         self.save_extras = save_extras
+        self.overlay = overlay
         self.fail_on_error = fail_on_error
         self.job = job
         self.failures: list[str] = []
@@ -420,7 +426,8 @@ class SegmentationWriter:
         if rank == 0:
             done = self.job.done if self.job is not None else {}
             order = {entry[FILE_KEY]: index for index, entry in enumerate(self._entries(engine)) if FILE_KEY in entry}
-            _write_csv_atomically(self.csv_path, self.columns, sorted(done.values(), key=lambda row: order[row["file"]]))
+            kept = sorted(done.values(), key=lambda row: order[row["file"]])
+            _write_csv_atomically(self.csv_path, self.columns, kept)
             for stale in _rank_row_files(self.output_dir):
                 stale.unlink()
         _barrier()
@@ -470,6 +477,8 @@ class SegmentationWriter:
                 row |= dict(self.measure(label_map))
             if self.save_extras is not None:
                 self.save_extras(processed, label_map, self.output_dir, stem)
+            if self.overlay:
+                save_label_overlay(source, label_map, self.output_dir, stem)
         except Exception as error:  # one image's post-processing failure must not lose the others
             self._record_error(item, describe_failure(error, source))
             return
@@ -482,7 +491,7 @@ class SegmentationWriter:
         outputs, batch = engine.state.output, engine.state.batch
         outputs = decollate_batch(outputs) if isinstance(outputs, dict) else outputs
         batch = decollate_batch(batch) if isinstance(batch, dict) else batch
-        for item, batch_item in zip(outputs, batch):
+        for item, batch_item in zip(outputs, batch, strict=True):
             self._write_one({**batch_item, **item})
 
     def merge_rows(self, entries: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:

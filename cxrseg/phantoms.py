@@ -88,7 +88,7 @@ def _bezier(points: Sequence[tuple[float, float]], samples: int = 48) -> np.ndar
     t = np.linspace(0.0, 1.0, samples)[:, None]
     degree = len(control) - 1
     weights = [math.comb(degree, k) * t**k * (1 - t) ** (degree - k) for k in range(degree + 1)]
-    return sum(w * p for w, p in zip(weights, control))
+    return sum(w * p for w, p in zip(weights, control, strict=True))
 
 
 def _spline(points: Sequence[tuple[float, float]], samples: int = 160) -> np.ndarray:
@@ -272,7 +272,7 @@ def _vessel_tree(rng: np.random.Generator, side: int) -> tuple[np.ndarray, list[
         generations.append(depth)
         if depth < 4:
             turns, shrinks = rng.uniform(0.15, 0.5, 2).tolist(), rng.uniform(0.65, 0.85, 2).tolist()
-            for sign, turn, shrink in zip((-1, 1), turns, shrinks):
+            for sign, turn, shrink in zip((-1, 1), turns, shrinks, strict=True):
                 stack.append((polyline[-1], angle + sign * turn, length * shrink, depth + 1))
     return np.array(polylines), generations
 
@@ -285,12 +285,12 @@ def _vessels(rng: np.random.Generator, pose: Pose, lungs: np.ndarray) -> np.ndar
     for side in (-1, 1):
         polylines, generations = _vessel_tree(rng, side)
         pixels = pose.to_pixels(polylines[..., 0].ravel(), polylines[..., 1].ravel())[:, ::-1]
-        for depth, points in zip(generations, pixels.reshape(len(generations), -1).tolist()):
+        for depth, points in zip(generations, pixels.reshape(len(generations), -1).tolist(), strict=True):
             draws[min(depth, 2)].line(points, fill=int(255 * (1.0 - 0.17 * depth)))
     weights = (3.5 * widths[0], 4.0, 0.8)
     markings = sum(
         weight / 255.0 * ndimage.gaussian_filter(np.asarray(canvas, np.float32), sigma, truncate=3.0)
-        for weight, canvas, sigma in zip(weights, canvases, widths)
+        for weight, canvas, sigma in zip(weights, canvases, widths, strict=True)
     )
     return markings * lungs
 

@@ -58,7 +58,8 @@ class LoadLabelMapd(MapTransform):
             pixels = read_radiograph(paths[structure])
             if shape is not None and pixels.shape != shape:
                 raise RadiographError(
-                    paths[structure], f"mask is {pixels.shape[0]}x{pixels.shape[1]} but the image is {shape[0]}x{shape[1]}"
+                    paths[structure],
+                    f"mask is {pixels.shape[0]}x{pixels.shape[1]} but the image is {shape[0]}x{shape[1]}",
                 )
             shape = pixels.shape
             mask = pixels > pixels.max() / 2 if mask is None else mask | (pixels > pixels.max() / 2)

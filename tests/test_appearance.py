@@ -99,10 +99,9 @@ def test_intensity_normalisation_undoes_a_grey_low_contrast_exposure(tmp_path, p
     image; its model card gives the figure, and its training sees such exposures through augmentation.)"""
     from pathlib import Path
 
+    from conftest import BUNDLES_DIR, bundle_imports
     from monai.bundle import ConfigParser
     from PIL import Image
-
-    from conftest import BUNDLES_DIR, bundle_imports
 
     source = sorted(Path(phantom_dir, "images").glob("*.png"))[0]
     pixels = np.asarray(Image.open(source).convert("L"), dtype=np.float64) / 255.0

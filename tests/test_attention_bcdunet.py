@@ -73,7 +73,7 @@ def test_gate_switches_add_exactly_the_bconvlstm_and_the_strided_wx(scripts) -> 
     net = scripts.network.AttentionBCDUNet
     f_int = [c // 2 for c in CHANNELS[:-1]]
     lstm = sum(bilstm_parameters(f, f // 2) for f in f_int)
-    strided = sum(3 * c * f for c, f in zip(CHANNELS[:-1], f_int))
+    strided = sum(3 * c * f for c, f in zip(CHANNELS[:-1], f_int, strict=True))
     add_up = parameters(net(gate="add", resample="upsample"))
     assert parameters(net(gate="bconvlstm", resample="upsample")) - add_up == lstm
     assert parameters(net(gate="add", resample="downsample")) - add_up == strided

@@ -19,7 +19,8 @@ def test_cell_single_step_matches_hand_computation() -> None:
     h_weights = [0.5, -0.5, 1.0, 2.0]
     biases = [0.1, 0.2, -0.3, 0.0]
     with torch.no_grad():
-        cell.gates.weight.copy_(torch.tensor([[xw, hw] for xw, hw in zip(x_weights, h_weights)]).view(4, 2, 1, 1))
+        gate_weights = [[xw, hw] for xw, hw in zip(x_weights, h_weights, strict=True)]
+        cell.gates.weight.copy_(torch.tensor(gate_weights).view(4, 2, 1, 1))
         cell.gates.bias.copy_(torch.tensor(biases))
     x_value, h_value, c_value = 0.8, -0.4, 0.5
     x = torch.full((1, 1, 2, 3), x_value)
@@ -27,7 +28,7 @@ def test_cell_single_step_matches_hand_computation() -> None:
 
     hidden, cell_state = cell(x, state)
 
-    pre = [xw * x_value + hw * h_value + b for xw, hw, b in zip(x_weights, h_weights, biases)]
+    pre = [xw * x_value + hw * h_value + b for xw, hw, b in zip(x_weights, h_weights, biases, strict=True)]
     expected_c = _sigmoid(pre[1]) * c_value + _sigmoid(pre[0]) * math.tanh(pre[2])
     expected_h = _sigmoid(pre[3]) * math.tanh(expected_c)
     assert torch.allclose(cell_state, torch.full_like(cell_state, expected_c), atol=1e-6)

@@ -13,7 +13,15 @@ import torch
 from ignite.engine import Engine
 from monai.data import DataLoader
 from monai.engines import SupervisedEvaluator
-from monai.transforms import AsDiscreted, Compose, EnsureChannelFirstd, Invertd, LoadImaged, ScaleIntensityd, SpatialPadd
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    EnsureChannelFirstd,
+    Invertd,
+    LoadImaged,
+    ScaleIntensityd,
+    SpatialPadd,
+)
 from PIL import Image
 
 from cxrseg.inference import (
@@ -47,7 +55,9 @@ def write_inputs(folder: Path) -> None:
     (folder / "notes.txt").write_text("not an input")
 
 
-def run_inference(input_dir: Path, output_dir: Path, measure=None, **job_options) -> SegmentationWriter:
+def run_inference(
+    input_dir: Path, output_dir: Path, measure=None, overlay: bool = False, **job_options
+) -> SegmentationWriter:
     preprocessing = Compose([
         LoadImaged("image", reader=RadiographReader()),
         EnsureChannelFirstd("image"),
@@ -62,7 +72,7 @@ def run_inference(input_dir: Path, output_dir: Path, measure=None, **job_options
     job = InferenceJob(input_dir, output_dir, **job_options)
     dataset = TolerantDataset(job.pending, transform=preprocessing)
     writer = SegmentationWriter(
-        output_dir, ["background", "bright"], postprocessing=postprocessing, measure=measure, job=job
+        output_dir, ["background", "bright"], postprocessing=postprocessing, measure=measure, overlay=overlay, job=job
     )
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
@@ -94,6 +104,22 @@ def test_good_files_written_bad_file_listed_then_failure(tmp_path: Path) -> None
     assert rows["white photo.jpg"]["status"] == "ok" and rows["half.png"]["area_px_bright"] == str(90 * 30)
 
 
+def test_overlay_option_writes_the_labels_on_the_radiograph(tmp_path: Path) -> None:
+    """``overlay=True`` adds ``<stem>_overlay.png`` beside each label map: RGB at the input's size, the label
+    filled and outlined in its colour, background left grey; a failed input gets none."""
+    write_inputs(tmp_path / "in")
+    with pytest.raises(InferenceFailures):
+        run_inference(tmp_path / "in", tmp_path / "out", overlay=True)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_overlay.png")) == ["half_overlay.png",
+                                                                               "white photo_overlay.png"]
+    picture = np.asarray(Image.open(tmp_path / "out" / "half_overlay.png"))
+    assert picture.shape == (90, 60, 3)
+    left, right = picture[:, :30], picture[5:-5, 35:-5]
+    assert (left[..., 0] == left[..., 1]).all() and (left[..., 1] == left[..., 2]).all(), "background stays grey"
+    assert (right[..., 1] > right[..., 0]).all(), "the label is tinted with its colour (green for value 1)"
+    assert not list((tmp_path / "out").glob("corrupt*_overlay.png"))
+
+
 def test_measure_columns_and_failing_measure_is_one_error(tmp_path: Path) -> None:
     write_inputs(tmp_path / "in")
     (tmp_path / "in" / "corrupt.png").unlink()
@@ -119,7 +145,8 @@ def test_listing_rejects_missing_or_empty_folders(tmp_path: Path) -> None:
 
 
 def test_output_stems_never_collide() -> None:
-    assert output_stems(["a/x.png", "a/x.dcm", "a/y.png"]) == {"a/x.png": "a/x_png", "a/x.dcm": "a/x_dcm", "a/y.png": "a/y"}
+    stems = output_stems(["a/x.png", "a/x.dcm", "a/y.png"])
+    assert stems == {"a/x.png": "a/x_png", "a/x.dcm": "a/x_dcm", "a/y.png": "a/y"}
 
 
 def test_output_stems_survive_case_and_suffix_clashes() -> None:

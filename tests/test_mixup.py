@@ -3,6 +3,8 @@ seeding through MONAI, and soft targets reaching the loss inside a real Supervis
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 import torch
@@ -92,17 +94,23 @@ def test_prepare_batch_rejects_missing_labels_and_bad_settings() -> None:
         MixupPrepareBatch(num_classes=3, delta=-1)
 
 
+def recording_mse_loss(targets: list[torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A loss that keeps a copy of every target it is given, so a test can see what the trainer passed it."""
+
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        targets.append(target.detach().clone())
+        return torch.nn.functional.mse_loss(pred.softmax(1), target)
+
+    return loss
+
+
 def test_trainer_loss_receives_soft_one_hot_targets() -> None:
     """Plugged into SupervisedTrainer, the loss sees (batch, classes, ...) targets that sum to 1 per pixel and
     hold non-integer values; with delta 0 they are the plain one-hot labels."""
     data = [{"image": torch.rand(1, 8, 8), "label": torch.randint(0, 3, (1, 8, 8))} for _ in range(8)]
     for delta, expect_soft in ((0.2, True), (0.0, False)):
         targets: list[torch.Tensor] = []
-
-        def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            targets.append(target.detach().clone())
-            return torch.nn.functional.mse_loss(pred.softmax(1), target)
-
+        loss = recording_mse_loss(targets)
         network = torch.nn.Conv2d(1, 3, 1)
         torch.manual_seed(0)
         trainer = SupervisedTrainer(

@@ -106,12 +106,14 @@ def test_two_ranks_infer_like_one_process(bundle: str, phantom_dir: Path, tmp_pa
     )
     for result in (single, ranks):
         log = result.stdout + result.stderr
-        assert result.returncode != 0 and "study0/broken.png" in log, f"the broken input must fail the run:\n{log[-4000:]}"
+        failed = result.returncode != 0 and "study0/broken.png" in log
+        assert failed, f"the broken input must fail the run:\n{log[-4000:]}"
     merged = (tmp_path / "ranks" / "measurements.csv").read_text(encoding="utf-8")
     assert merged == (tmp_path / "one" / "measurements.csv").read_text(encoding="utf-8")
     files = [line.split(",")[0] for line in merged.splitlines()[1:]]
     assert len(files) == len(set(files)) == 9 and files == sorted(files)
-    assert not list((tmp_path / "ranks").glob("measurements.rank*.csv")), "rank 0 removes the ranks' files after merging"
+    leftover = list((tmp_path / "ranks").glob("measurements.rank*.csv"))
+    assert not leftover, "rank 0 removes the ranks' files after merging"
     written = sorted(path.relative_to(tmp_path / "one") for path in (tmp_path / "one").rglob("*_seg.png"))
     assert written == sorted(path.relative_to(tmp_path / "ranks") for path in (tmp_path / "ranks").rglob("*_seg.png"))
     assert len(written) == 7

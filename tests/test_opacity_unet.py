@@ -512,7 +512,7 @@ def test_inference_from_lung_mask_files_reports_images_without_mask(
     cases = sorted(p.stem for p in (phantom_dir / "images").glob("*.png"))[:2]
     for case in cases:
         Image.open(phantom_dir / "images" / f"{case}.png").save(in_dir / f"{case}.png")
-    lungs = [np.asarray(Image.open(phantom_dir / "masks" / side / f"{cases[0]}.png")) 
+    lungs = [np.asarray(Image.open(phantom_dir / "masks" / side / f"{cases[0]}.png"))
              for side in ("left_lung", "right_lung")]
     Image.fromarray(np.maximum(*lungs)).save(mask_dir / f"{cases[0]}.png")
     result = run_inference(in_dir, tmp_path / "out", untrained_checkpoint, "--lung_source", "masks",

@@ -12,14 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_readers import (
+    box_mask,
+    labelme_file,
+    polygon_shape,
+    save_png,
+    write_dicom,
+    write_jsrt_image,
+    write_montgomery,
+)
 
 from tools import prepare as prep
 from tools import synthetic
 from tools.readers import READERS
-
-from test_readers import (
-    box_mask, labelme_file, polygon_shape, save_png, write_dicom, write_jsrt_image, write_montgomery
-)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

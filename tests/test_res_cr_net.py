@@ -119,7 +119,7 @@ def test_checkpointed_levels_give_the_same_training_step(scripts) -> None:
         loss.backward()
         losses.append(loss.item())
     assert losses[0] == losses[1]
-    for (name, first), second in zip(plain.named_parameters(), checkpointed.parameters()):
+    for (name, first), second in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(first.grad, second.grad, atol=0.0, rtol=0.0, msg=name)
     scripted = torch.jit.script(checkpointed.eval())
     with torch.no_grad():

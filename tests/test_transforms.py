@@ -44,7 +44,9 @@ def test_mask_of_another_size_names_the_file(tmp_path: Path) -> None:
         LoadLabelMapd("label", [["lungs"]])(data)
 
 
-@pytest.mark.parametrize("shape, box, expected", [((2048, 2048), (640, 512), (512, 512)), ((300, 600), (64, 64), (32, 64))])
+@pytest.mark.parametrize(
+    "shape, box, expected", [((2048, 2048), (640, 512), (512, 512)), ((300, 600), (64, 64), (32, 64))]
+)
 def test_fit_size_keeps_aspect(shape, box, expected) -> None:
     assert fit_size(shape, box) == expected
 

@@ -23,6 +23,7 @@ COMMANDS = {
     "phantoms": "tools.synthetic:phantoms",
     "contact_sheet": "tools.synthetic:contact_sheet",
     "package": "tools.package:package",
+    "bundle_hashes": "tools.bundle_hashes:bundle_hashes",
     "export": "tools.export:export",
     "benchmark": "tools.benchmark:main",
     "memory": "tools.bench_memory:memory",

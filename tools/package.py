@@ -42,8 +42,13 @@ def bundle_version(bundle_dir: Path) -> str:
     return str(version)
 
 
+def is_excluded(name: str) -> bool:
+    """Whether a file or folder of this name stays out of a package (a run product or a cache)."""
+    return any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDED_NAMES)
+
+
 def _ignored(folder: str, names: list[str]) -> set[str]:
-    return {name for name in names if any(fnmatch.fnmatch(name, pattern) for pattern in EXCLUDED_NAMES)}
+    return {name for name in names if is_excluded(name)}
 
 
 def copy_bundle(bundle_dir: str | Path, destination: str | Path) -> Path:

@@ -6,14 +6,12 @@ ConvLSTM, so it lives here once. Sequences are tensors shaped (batch, time, chan
 time steps are looped explicitly so the modules script with ``torch.jit.script`` and trace alike.
 """
 
-from typing import Tuple, Union
-
 import torch
 from torch import nn
 
 __all__ = ["ConvLSTMCell", "ConvLSTM", "BiConvLSTM"]
 
-KernelSize = Union[int, Tuple[int, int]]
+KernelSize = int | tuple[int, int]
 
 
 class ConvLSTMCell(nn.Module):
@@ -36,12 +34,12 @@ class ConvLSTMCell(nn.Module):
             in_channels + hidden_channels, 4 * hidden_channels, kernel, padding=(kernel[0] // 2, kernel[1] // 2)
         )
 
-    def initial_state(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Zero hidden and cell states matching a step input ``x`` (batch, channels, rows, cols)."""
         zeros = x.new_zeros((x.shape[0], self.hidden_channels, x.shape[2], x.shape[3]))
         return zeros, zeros
 
-    def forward(self, x: torch.Tensor, state: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance one step from ``state = (h, c)``; returns the new ``(h, c)``."""
         hidden, cell = state
         gates = self.gates(torch.cat([x, hidden], dim=1))

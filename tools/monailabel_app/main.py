@@ -1,7 +1,9 @@
 """MONAI Label app serving every bundle of the collection for 2-D chest radiographs (PNG/JPEG).
 
-Start it with the MONAI Label environment (``tools/setup_monailabel_env.sh``)::
+Start it with the MONAI Label environment (``tools/setup_monailabel_env.sh VENV``) first on ``PATH``: the
+``monailabel`` launcher runs whichever ``python`` comes first there::
 
+    export PATH="$PWD/VENV/bin:$PATH"
     monailabel start_server --app tools/monailabel_app --studies IMAGES_DIR [--conf bundles DIR] [--conf train NAMES]
 
 Every folder of the bundles directory (default: the repository's ``bundles/``) that has

@@ -12,7 +12,6 @@ so the network is built for one ``image_size`` (both sides divisible by 64).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 from monai.networks.blocks import Convolution, UpSample
@@ -159,7 +158,7 @@ class LungVAE(nn.Module):
 
     def forward(
         self, x: torch.Tensor, return_kl: bool = False
-    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if x.shape[2] != self.image_size[0] or x.shape[3] != self.image_size[1]:
             raise ValueError(f"LungVAE was built for inputs of {self.image_size} (rows, cols), got {list(x.shape[2:])}")
         levels = self.unet_encoder(x)

@@ -64,7 +64,7 @@ def lobar_opacity(image: np.ndarray, lungs: np.ndarray, fractions: tuple[float, 
     rows, cols = lungs.shape
     region = np.zeros(lungs.shape, dtype=float)
     halves = (np.arange(cols) < cols / 2, np.arange(cols) >= cols / 2)
-    for side, fraction in zip(halves, fractions):
+    for side, fraction in zip(halves, fractions, strict=True):
         lung = lungs & side[None, :]
         lung_rows = np.flatnonzero(lung.any(axis=1))
         if lung_rows.size == 0 or fraction <= 0:

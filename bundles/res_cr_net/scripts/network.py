@@ -83,7 +83,8 @@ class ConvResBlock(nn.Module):
             nn.Sequential(nn.BatchNorm2d(in_channels), leaky_relu(inplace=True)) if pre_activation else nn.Identity()
         )
         self.branches = nn.ModuleList(
-            AtrousBranch(in_channels, filters, kernel, dilation) for kernel, dilation in zip(kernel_sizes, dilations)
+            AtrousBranch(in_channels, filters, kernel, dilation)
+            for kernel, dilation in zip(kernel_sizes, dilations, strict=True)
         )
         self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels))
         self.dropout = nn.Dropout2d(dropout)

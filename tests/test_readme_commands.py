@@ -2,10 +2,10 @@
 
 Each block runs as one bash script (``set -euo pipefail``) in its own fresh copy of the repository in a
 temporary folder (the commands write ``runs/``, ``dist/``, ``data/``, exports and ``docs/phantoms.png`` there,
-never into the checkout; a user may run any block alone), with ``python`` being this interpreter, ``.venv`` this environment and ``.venv-monailabel`` the
-MONAI Label one when ``CXRSEG_MONAILABEL_PYTHON`` names it. Every command of a block (a logical line:
-continuation lines joined, comment lines dropped) must match exactly one entry of :data:`RULES`, which says
-how it runs here:
+never into the checkout; a user may run any block alone), with ``python`` being this interpreter, ``.venv``
+this environment and ``.venv-monailabel`` the MONAI Label one when ``CXRSEG_MONAILABEL_PYTHON`` names it.
+Every command of a block (a logical line: continuation lines joined, comment lines dropped) must match exactly
+one entry of :data:`RULES`, which says how it runs here:
 
 - as written, README's placeholders (:data:`PLACEHOLDERS`: ``IN``, ``OUT``, ``<b>``, ...) filled in;
 - shortened: ``shorten`` replaces a part of the command (fewer images, epochs, processes) and says so;

@@ -52,7 +52,8 @@ def lung_zones(side: np.ndarray) -> dict[str, np.ndarray]:
         return {zone: np.zeros_like(side) for zone in ZONES}
     bounds = np.linspace(rows[0], rows[-1] + 1, len(ZONES) + 1)
     row_index = np.arange(side.shape[0])[:, None]
-    return {zone: side & (row_index >= low) & (row_index < high) for zone, low, high in zip(ZONES, bounds, bounds[1:])}
+    zone_bounds = zip(ZONES, bounds[:-1], bounds[1:], strict=True)
+    return {zone: side & (row_index >= low) & (row_index < high) for zone, low, high in zone_bounds}
 
 
 def percent(part: np.ndarray, whole: np.ndarray) -> float:
@@ -104,7 +105,8 @@ def roc_points(scores: Sequence[float], positive: Sequence[bool]) -> list[tuple[
     scores, positive = scores[order], positive[order]
     last_of_tie = np.r_[np.nonzero(np.diff(scores))[0], scores.size - 1]
     true_pos, false_pos = np.cumsum(positive)[last_of_tie], np.cumsum(~positive)[last_of_tie]
-    points = [(0.0, 0.0)] + [(fp / (~positive).sum(), tp / positive.sum()) for tp, fp in zip(true_pos, false_pos)]
+    rates = [(fp / (~positive).sum(), tp / positive.sum()) for tp, fp in zip(true_pos, false_pos, strict=True)]
+    points = [(0.0, 0.0), *rates]
     return [(float(x), float(y)) for x, y in points]
 
 

@@ -45,8 +45,10 @@ def sample_strauss(
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"Strauss inhibition gamma must lie in [0, 1], got {gamma}")
     if mean_count <= 0 or interaction_radius < 0 or steps < 0:
-        raise ValueError(f"need mean_count > 0, interaction_radius >= 0 and steps >= 0, got "
-                         f"{mean_count}, {interaction_radius}, {steps}")
+        raise ValueError(
+            f"need mean_count > 0, interaction_radius >= 0 and steps >= 0, got "
+            f"{mean_count}, {interaction_radius}, {steps}"
+        )
     rows, cols = float(shape[0]), float(shape[1])
     beta_area = float(mean_count)
     radius2 = interaction_radius * interaction_radius
@@ -109,8 +111,9 @@ def strauss_field(
     peak = float(field.max())
     if peak > 0:
         field /= peak
-    upsampled = F.interpolate(torch.from_numpy(field)[None, None], size=(rows, cols), mode="bilinear",
-                              align_corners=False)
+    upsampled = F.interpolate(
+        torch.from_numpy(field)[None, None], size=(rows, cols), mode="bilinear", align_corners=False
+    )
     return upsampled[0, 0]
 
 
@@ -133,8 +136,14 @@ class RandStraussNoised(RandomizableTransform, MapTransform):
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
-        self.field_args = {"mean_count": mean_count, "gamma": gamma, "interaction_radius": interaction_radius,
-                           "disk_radius": tuple(disk_radius), "smoothing": smoothing, "downsample": downsample}
+        self.field_args = {
+            "mean_count": mean_count,
+            "gamma": gamma,
+            "interaction_radius": interaction_radius,
+            "disk_radius": tuple(disk_radius),
+            "smoothing": smoothing,
+            "downsample": downsample,
+        }
         self.amplitude = (float(amplitude[0]), float(amplitude[1]))
         self._field: torch.Tensor | None = None
         self._amplitude = 0.0
@@ -165,8 +174,9 @@ class RandBlockMaskd(RandomizableTransform, MapTransform):
     """Hide one half of the image (top, bottom, left or right, uniformly) under a bright, tissue-like value:
     the ``fill_quantile`` quantile of the image's intensities, i.e. as dense as bone or mediastinum."""
 
-    def __init__(self, keys: KeysCollection, prob: float = 0.9, fill_quantile: float = 0.95,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection, prob: float = 0.9, fill_quantile: float = 0.95, allow_missing_keys: bool = False
+    ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
         if not 0.0 <= fill_quantile <= 1.0:

@@ -30,15 +30,17 @@ def onnx_session(onnx_path: str | Path, threads: int | None = None) -> Any:
     try:
         import onnxruntime  # optional (requirements-export.txt): only this backend and the export need it
     except ImportError as error:
-        raise ImportError("--backend onnxruntime needs the onnxruntime package (pip install -r "
-                          "requirements-export.txt)") from error
+        raise ImportError(
+            "--backend onnxruntime needs the onnxruntime package (pip install -r requirements-export.txt)"
+        ) from error
     path = Path(onnx_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no ONNX model; write it with `python -m tools export <bundle>`")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                 if p in onnxruntime.get_available_providers()]
+    providers = [
+        p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()
+    ]
     return onnxruntime.InferenceSession(str(path), options, providers=providers)
 
 
@@ -63,7 +65,10 @@ class OnnxRuntimeNetwork(nn.Module):
     """
 
     def __init__(
-        self, onnx_path: str | Path, reference: nn.Module, spatial_size: Sequence[int] | None = None,
+        self,
+        onnx_path: str | Path,
+        reference: nn.Module,
+        spatial_size: Sequence[int] | None = None,
         tolerance: float = ONNX_TOLERANCE,
     ) -> None:
         super().__init__()
@@ -73,8 +78,10 @@ class OnnxRuntimeNetwork(nn.Module):
         self.session = onnx_session(onnx_path)
         self.input_shape = [int(size) for size in self.session.get_inputs()[0].shape]
         if spatial_size is not None and self.input_shape[2:] != [int(size) for size in spatial_size]:
-            raise ValueError(f"{self.onnx_path} takes {self.input_shape[2:]} images but image_size is "
-                             f"{list(spatial_size)}; export again at this image_size")
+            raise ValueError(
+                f"{self.onnx_path} takes {self.input_shape[2:]} images but image_size is "
+                f"{list(spatial_size)}; export again at this image_size"
+            )
         self.max_abs_diff: float | None = None
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -106,14 +113,18 @@ class OnnxRuntimeNetwork(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if list(inputs.shape) != self.input_shape:
-            raise ValueError(f"{self.onnx_path} takes inputs of shape {self.input_shape}, got {list(inputs.shape)} "
-                             "(the ONNX export has a fixed shape: batch 1 at the bundle's image_size)")
+            raise ValueError(
+                f"{self.onnx_path} takes inputs of shape {self.input_shape}, got {list(inputs.shape)} "
+                "(the ONNX export has a fixed shape: batch 1 at the bundle's image_size)"
+            )
         # as the eager network's output, a MetaTensor carrying the input's metadata and transforms, which Invertd needs
         return convert_to_dst_type(run_session(self.session, inputs), inputs)[0]
 
 
 def inference_network(
-    network: nn.Module, backend: str = "pytorch", onnx_path: str | Path | None = None,
+    network: nn.Module,
+    backend: str = "pytorch",
+    onnx_path: str | Path | None = None,
     spatial_size: Sequence[int] | None = None,
 ) -> nn.Module:
     """The network the inference evaluator runs: ``network`` itself, or the ONNX Runtime stand-in for it."""

@@ -100,15 +100,13 @@ def summarize(rows: Sequence[Mapping[str, Any]], label_names: Sequence[str]) -> 
             per_label[group]["hd95_undefined"] = sum(math.isnan(r[f"{name}_hd95"]) for r in members)
         per_label["reference_absent"] = {
             "cases": len(absent),
-            "false_positive_fraction": _stats(
-                [r[f"{name}_pred_area_px"] / r["pixels"] for r in absent], "max"
-            ),
+            "false_positive_fraction": _stats([r[f"{name}_pred_area_px"] / r["pixels"] for r in absent], "max"),
         }
         summary["labels"][name] = per_label
     means = [summary["labels"][n]["all"]["dice"]["mean"] for n in label_names[1:]]
-    summary["mean_dice"] = float(np.mean([m for m in means if m is not None])) if any(
-        m is not None for m in means
-    ) else None
+    summary["mean_dice"] = (
+        float(np.mean([m for m in means if m is not None])) if any(m is not None for m in means) else None
+    )
     return summary
 
 

@@ -76,8 +76,27 @@ OK, ERROR, SKIPPED = "ok", "error", "skipped"
 MEASUREMENTS_NAME = "measurements.csv"
 RANK_ROWS_GLOB = "measurements.rank*.csv"
 # image formats a PACS export or a photo library may hold that the readers do not take: reported, not ignored
-LOOKALIKE_SUFFIXES = (".gif", ".webp", ".jp2", ".j2k", ".jpx", ".heic", ".heif", ".pgm", ".ppm", ".pnm",
-                      ".nii", ".mha", ".mhd", ".nrrd", ".svg", ".ico", ".psd", ".raw", ".dng")
+LOOKALIKE_SUFFIXES = (
+    ".gif",
+    ".webp",
+    ".jp2",
+    ".j2k",
+    ".jpx",
+    ".heic",
+    ".heif",
+    ".pgm",
+    ".ppm",
+    ".pnm",
+    ".nii",
+    ".mha",
+    ".mhd",
+    ".nrrd",
+    ".svg",
+    ".ico",
+    ".psd",
+    ".raw",
+    ".dng",
+)
 logger = logging.getLogger(__name__)
 
 Measure = Callable[[np.ndarray], Mapping[str, float]]
@@ -263,8 +282,13 @@ class InferenceJob:
         self.done = completed_rows(self.output_dir, self.entries) if as_flag(skip_existing) else {}
         self.pending = [entry for entry in self.entries if entry[FILE_KEY] not in self.done]
         if self.done:
-            logger.info("skip_existing: %d of %d inputs were already written to %s; segmenting the other %d",
-                        len(self.done), len(self.entries), self.output_dir, len(self.pending))
+            logger.info(
+                "skip_existing: %d of %d inputs were already written to %s; segmenting the other %d",
+                len(self.done),
+                len(self.entries),
+                self.output_dir,
+                len(self.pending),
+            )
 
 
 class TolerantDataset(Dataset):
@@ -470,8 +494,13 @@ class SegmentationWriter:
                 raise ValueError(f"label map is {label_map.shape} but the input is {original}; check Invertd")
             stem = item.get(OUTPUT_KEY) or Path(source).stem
             self._save_label_map(label_map, stem)
-            row = {"file": item.get(FILE_KEY) or Path(source).name, "status": OK, "error": "",
-                   "rows": label_map.shape[0], "cols": label_map.shape[1]}
+            row = {
+                "file": item.get(FILE_KEY) or Path(source).name,
+                "status": OK,
+                "error": "",
+                "rows": label_map.shape[0],
+                "cols": label_map.shape[1],
+            }
             row |= label_areas(label_map, self.label_names)
             if self.measure is not None:
                 row |= dict(self.measure(label_map))
@@ -504,8 +533,10 @@ class SegmentationWriter:
         files = [entry.get(FILE_KEY) or Path(str(entry[SOURCE_KEY])).name for entry in entries]
         missing = [file for file in files if file not in rows]
         if missing:
-            raise RuntimeError(f"{len(missing)} inputs have no row in {self.output_dir} (first: {missing[:5]}); "
-                               "rerun with --skip_existing true to complete them")
+            raise RuntimeError(
+                f"{len(missing)} inputs have no row in {self.output_dir} (first: {missing[:5]}); "
+                "rerun with --skip_existing true to complete them"
+            )
         merged = [rows[file] for file in files]
         _write_csv_atomically(self.csv_path, self.columns, merged)
         for path in _rank_row_files(self.output_dir):
@@ -515,15 +546,21 @@ class SegmentationWriter:
     def _finish(self, engine: Engine) -> None:
         """Once every process has flushed its rows, rank 0 merges them and fails the run if any input failed."""
         rank, world = _rank_and_world()
-        logger.info("rank %d of %d wrote %d label maps; %d of its inputs failed", rank, world, self.written,
-                    len(self.failures))
+        logger.info(
+            "rank %d of %d wrote %d label maps; %d of its inputs failed", rank, world, self.written, len(self.failures)
+        )
         _barrier()
         merged = self.merge_rows(self._entries(engine)) if rank == 0 else []
         _barrier()
         failed = [row for row in merged if row["status"] == ERROR]
         if rank == 0:
-            logger.info("%s: %d inputs, %d failed, %d skipped", self.csv_path, len(merged), len(failed),
-                        sum(row["status"] == SKIPPED for row in merged))
+            logger.info(
+                "%s: %d inputs, %d failed, %d skipped",
+                self.csv_path,
+                len(merged),
+                len(failed),
+                sum(row["status"] == SKIPPED for row in merged),
+            )
         if failed and self.fail_on_error:
             raise InferenceFailures(
                 f"{len(failed)} of {len(merged)} inputs failed "

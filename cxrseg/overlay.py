@@ -57,8 +57,9 @@ def draw_overlay(
     return Image.fromarray(np.rint(rgb).astype(np.uint8))
 
 
-def label_overlay(image: np.ndarray, label_map: np.ndarray, palette: Sequence[RGB] = PALETTE,
-                  alpha: float = 0.25) -> Image.Image:
+def label_overlay(
+    image: np.ndarray, label_map: np.ndarray, palette: Sequence[RGB] = PALETTE, alpha: float = 0.25
+) -> Image.Image:
     """Every non-background label of ``label_map`` lightly filled and outlined in its palette colour (value
     ``v`` takes ``palette[(v - 1) % len(palette)]``), the outline wider on larger images."""
     labels = [int(value) for value in np.unique(label_map) if value > 0]

@@ -39,7 +39,8 @@ def plausible_lungs(
     rows, cols = lung.shape
     largest = max((region.area for region in regions), default=0)
     candidates = [
-        region.label for region in regions
+        region.label
+        for region in regions
         if vertical_margin * rows <= region.centroid[0] < (1 - vertical_margin) * rows
         and lateral_margin * cols <= region.centroid[1] < (1 - lateral_margin) * cols
         and region.area >= min_relative_area * largest
@@ -89,11 +90,13 @@ class AnatomyFilterd(MapTransform):
         self.heart_label = heart_label
         self.fill_holes = fill_holes
         self.margins = {
-            "vertical_margin": vertical_margin, "lateral_margin": lateral_margin,
+            "vertical_margin": vertical_margin,
+            "lateral_margin": lateral_margin,
             "min_relative_area": min_relative_area,
         }
         self._largest_heart = (
-            None if heart_label is None
+            None
+            if heart_label is None
             else KeepLargestConnectedComponent(applied_labels=[heart_label], is_onehot=False, connectivity=2)
         )
         self._fill = FillHoles(applied_labels=[1])

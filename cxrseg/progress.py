@@ -21,6 +21,9 @@ def progress_bar(description: str = "", stream: TextIO | None = None) -> Progres
     off when ``stream`` (default stderr) is not a terminal and on every rank but 0."""
     first_rank = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
     return ProgressBar(
-        persist=True, bar_format=BAR_FORMAT, desc=description, file=stream or sys.stderr,
+        persist=True,
+        bar_format=BAR_FORMAT,
+        desc=description,
+        file=stream or sys.stderr,
         disable=None if first_rank else True,
     )

@@ -42,8 +42,12 @@ class LoadLabelMapd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, classes: Sequence[Sequence[str]], image_key: str = "image",
-        annotated_key: str | None = None, allow_missing_keys: bool = False,
+        self,
+        keys: KeysCollection,
+        classes: Sequence[Sequence[str]],
+        image_key: str = "image",
+        annotated_key: str | None = None,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.classes = [list(structures) for structures in classes]

@@ -58,9 +58,7 @@ def _image(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> Call
     return make
 
 
-def dicom_bytes(
-    pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12, frames: int = 1
-) -> bytes:
+def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12, frames: int = 1) -> bytes:
     """A minimal but complete DICOM file (explicit VR little endian) holding ``pixels`` as unsigned integers."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid

@@ -74,8 +74,11 @@ def train_bundle(bundle_dir: Path, validate_first: bool = False, **overrides: An
     val_dice: list[float] = []
     with bundle_imports(bundle_dir):
         workflow = ConfigWorkflow(
-            config_file=str(bundle_dir / "configs" / "train.yaml"), workflow_type="train",
-            bundle_root=str(bundle_dir), device="$torch.device('cpu')", **overrides,
+            config_file=str(bundle_dir / "configs" / "train.yaml"),
+            workflow_type="train",
+            bundle_root=str(bundle_dir),
+            device="$torch.device('cpu')",
+            **overrides,
         )
         workflow.initialize()
         # seeded before the engines (and the network in them) are built, as `run` seeds before building them

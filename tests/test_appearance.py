@@ -122,8 +122,16 @@ def test_intensity_normalisation_undoes_a_grey_low_contrast_exposure(tmp_path, p
 def test_replicated_keys_keep_their_edge_values_where_the_field_of_view_pads() -> None:
     """A loss weight map zoomed out keeps positive weights in the new border; the image gets black there."""
     set_determinism(0)
-    chain = Compose(hospital_augmentation(keys=("image", "label", "weight"), modes=("bilinear", "nearest", "bilinear"),
-                                          image_size=(64, 64), prob=1.0, zoom_in=0.0, replicate_keys=("weight",))[:2])
+    chain = Compose(
+        hospital_augmentation(
+            keys=("image", "label", "weight"),
+            modes=("bilinear", "nearest", "bilinear"),
+            image_size=(64, 64),
+            prob=1.0,
+            zoom_in=0.0,
+            replicate_keys=("weight",),
+        )[:2]
+    )
     chain.set_random_state(2)
     case = lung_case() | {"weight": torch.ones(1, 64, 64)}
     out = chain(case)

@@ -28,14 +28,31 @@ RUN_TIMEOUT_S = 600
 def monai_run(output_dir: Path, input_dir: Path, *options: str) -> list[str]:
     bundle_dir = BUNDLES_DIR / BUNDLE
     return [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle_dir / "configs" / "inference.yaml"),
-        "--bundle_root", str(bundle_dir), "--dataset_dir", str(input_dir), "--output_dir", str(output_dir), *options,
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(bundle_dir / "configs" / "inference.yaml"),
+        "--bundle_root",
+        str(bundle_dir),
+        "--dataset_dir",
+        str(input_dir),
+        "--output_dir",
+        str(output_dir),
+        *options,
     ]
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=REPO_ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=RUN_TIMEOUT_S)
+    return subprocess.run(
+        command,
+        cwd=REPO_ROOT,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
 
 
 def read_rows(output_dir: Path) -> list[dict[str, str]]:
@@ -61,9 +78,14 @@ def archive(phantom_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def test_killed_run_resumes_without_recomputing(archive: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    process = subprocess.Popen(monai_run(out, archive, "--recursive", "true"), cwd=REPO_ROOT,
-                               env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        monai_run(out, archive, "--recursive", "true"),
+        cwd=REPO_ROOT,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while flushed_rows(out / "measurements.csv") < ROWS_BEFORE_KILL and process.poll() is None:
         assert time.monotonic() < deadline, "no rows were flushed"
@@ -90,7 +112,7 @@ def test_killed_run_resumes_without_recomputing(archive: Path, tmp_path: Path) -
     fresh = run(monai_run(tmp_path / "fresh", archive, "--recursive", "true"))
     assert fresh.returncode == 0, (fresh.stdout + fresh.stderr)[-3000:]
     assert read_rows(tmp_path / "fresh") == rows, "the resumed run differs from an uninterrupted one"
-    for file in expected[:: 7]:
+    for file in expected[::7]:
         seg = Path(file).with_name(Path(file).stem + "_seg.png")
         assert np.array_equal(np.asarray(Image.open(out / seg)), np.asarray(Image.open(tmp_path / "fresh" / seg)))
 
@@ -126,8 +148,9 @@ def test_onnxruntime_backend_segments_like_pytorch(exports: dict[str, Path], arc
         assert (eager_map == onnx_map).mean() > 0.999, path.name
 
 
-def test_onnxruntime_backend_refuses_an_export_of_other_weights(exports: dict[str, Path], archive: Path,
-                                                                tmp_path: Path) -> None:
+def test_onnxruntime_backend_refuses_an_export_of_other_weights(
+    exports: dict[str, Path], archive: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(next(archive.rglob("*.png")), folder / "a.png")

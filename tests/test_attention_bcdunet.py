@@ -194,12 +194,16 @@ def test_partial_labels_flow_from_masks_through_mixup_to_nan_targets(tmp_path: P
 
     (tmp_path / "masks").mkdir()
     Image.fromarray(np.full((16, 16), 255, np.uint8)).save(tmp_path / "masks" / "lungs.png")
-    loader = LoadLabelMapd(keys="label", classes=[["left_lung", "right_lung", "lungs"], ["heart"]],
-                           annotated_key="annotated")
+    loader = LoadLabelMapd(
+        keys="label", classes=[["left_lung", "right_lung", "lungs"], ["heart"]], annotated_key="annotated"
+    )
     item = loader({"label": {"lungs": str(tmp_path / "masks" / "lungs.png")}})
     assert item["annotated"].tolist() == [True, True, False]
-    batch = {"image": torch.zeros(2, 1, 16, 16), "label": torch.stack([item["label"], item["label"] * 0]),
-             "annotated": torch.tensor([[True, True, False], [True, True, True]])}
+    batch = {
+        "image": torch.zeros(2, 1, 16, 16),
+        "label": torch.stack([item["label"], item["label"] * 0]),
+        "annotated": torch.tensor([[True, True, False], [True, True, True]]),
+    }
     _, target = MixupPrepareBatch(num_classes=3, delta=0.0, annotated_key="annotated")(batch)
     assert torch.isnan(target[0, 2]).all() and not torch.isnan(target[0, :2]).any()
     assert not torch.isnan(target[1]).any()
@@ -319,8 +323,15 @@ def test_short_jsrt_training_lowers_loss_and_raises_dice(jsrt_dir: Path, tmp_pat
     with mixup 0.2 on one CPU core: the mean epoch loss falls and validation Dice rises."""
     torch.set_num_threads(1)
     record = train_bundle(
-        BUNDLE_DIR, dataset_dir=str(jsrt_dir), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"),
-        image_size=[64, 64], train_size=20, epochs=8, batch_size=4, num_workers=0,
+        BUNDLE_DIR,
+        dataset_dir=str(jsrt_dir),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        image_size=[64, 64],
+        train_size=20,
+        epochs=8,
+        batch_size=4,
+        num_workers=0,
         **{"validate#dataset#data#limit": 8},
     )
     assert len(record.epoch_losses) == len(record.val_dice) == 8

@@ -72,12 +72,14 @@ def test_cases_without_the_structure_are_reported_apart() -> None:
 def test_opacity_severity_table_shows_false_alarms_on_clear_lungs() -> None:
     spread = {"n": 4, "mean": 2.5, "sd": 1.0, "median": 2.0, "p95": 6.25, "max": 7.0}
     rho = {"pred_opacity_pct": {"n": 8, "spearman_rho": 0.71}}
-    record = opacity_record() | {"severity": {
-        "with_opacity": {"iou": spread | {"mean": 0.512, "p95": 0.8}},
-        "abs_error_pct": spread,
-        "clear_lungs": {"pred_opacity_pct": spread},
-        "radiologists": {"geographic_extent_mean": rho, "opacity_mean": rho},
-    }}
+    record = opacity_record() | {
+        "severity": {
+            "with_opacity": {"iou": spread | {"mean": 0.512, "p95": 0.8}},
+            "abs_error_pct": spread,
+            "clear_lungs": {"pred_opacity_pct": spread},
+            "radiologists": {"geographic_extent_mean": rho, "opacity_mean": rho},
+        }
+    }
     table = markdown([record], "shipped", "today")
     row = next(line for line in table.splitlines() if line.startswith("| opacity_unet | fold 1 of 5 | 0.512"))
     assert row == "| opacity_unet | fold 1 of 5 | 0.512 (0.800) | 2.5 (6.2) | 4 | 2.5 (6.2) | 0.71 (n=8) / 0.71 (n=8) |"
@@ -133,7 +135,8 @@ def test_lung_stage_comes_from_the_inference_config(tmp_path) -> None:
         lung_stage_overrides(BUNDLES_DIR / "opacity_unet", None)
     # the lung weights' settings travel in their settings file, so the lung stage needs no image_size of its own
     assert lung_stage_overrides(BUNDLES_DIR / "opacity_unet", tmp_path / "lung.pt") == {
-        "lung_bundle_dir": (BUNDLES_DIR / "lung_vae").resolve(), "lung_ckpt_path": tmp_path / "lung.pt"
+        "lung_bundle_dir": (BUNDLES_DIR / "lung_vae").resolve(),
+        "lung_ckpt_path": tmp_path / "lung.pt",
     }
 
 

@@ -114,9 +114,22 @@ def test_inference_contract(trained_bundle, phantom_dir: Path, tmp_path: Path) -
     expected = inference_inputs(phantom_dir, tmp_path / "in")
     out_dir = tmp_path / "out"
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", config_path(bundle, "inference.yaml"),
-        "--bundle_root", str(bundle_dir), "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(out_dir),
-        "--ckpt_path", str(work_dir / "models" / "model.pt"), "--image_size", json.dumps(SMALL_SIZE),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        config_path(bundle, "inference.yaml"),
+        "--bundle_root",
+        str(bundle_dir),
+        "--dataset_dir",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(out_dir),
+        "--ckpt_path",
+        str(work_dir / "models" / "model.pt"),
+        "--image_size",
+        json.dumps(SMALL_SIZE),
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert result.returncode != 0, "one input is broken, so the run must report failure"

@@ -33,7 +33,12 @@ def test_hd95_of_distant_squares() -> None:
 def test_both_empty_is_perfect() -> None:
     empty = np.zeros((20, 20), bool)
     assert binary_metrics(empty, empty) == {
-        "dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "accuracy": 1.0, "hd95": 0.0
+        "dice": 1.0,
+        "iou": 1.0,
+        "precision": 1.0,
+        "recall": 1.0,
+        "accuracy": 1.0,
+        "hd95": 0.0,
     }
 
 

@@ -14,7 +14,10 @@ from conftest import REPO_ROOT
 def run_gpu_train(out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tools.gpu_train", "train", "--tiny", "--out", str(out), *args],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 

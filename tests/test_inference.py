@@ -58,17 +58,21 @@ def write_inputs(folder: Path) -> None:
 def run_inference(
     input_dir: Path, output_dir: Path, measure=None, overlay: bool = False, **job_options
 ) -> SegmentationWriter:
-    preprocessing = Compose([
-        LoadImaged("image", reader=RadiographReader()),
-        EnsureChannelFirstd("image"),
-        ScaleIntensityd("image", minv=0.0, maxv=1.0),
-        FitResized("image", (32, 32)),
-        SpatialPadd("image", (32, 32)),
-    ])
-    postprocessing = Compose([
-        Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=False),
-        AsDiscreted("pred", argmax=True),
-    ])
+    preprocessing = Compose(
+        [
+            LoadImaged("image", reader=RadiographReader()),
+            EnsureChannelFirstd("image"),
+            ScaleIntensityd("image", minv=0.0, maxv=1.0),
+            FitResized("image", (32, 32)),
+            SpatialPadd("image", (32, 32)),
+        ]
+    )
+    postprocessing = Compose(
+        [
+            Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=False),
+            AsDiscreted("pred", argmax=True),
+        ]
+    )
     job = InferenceJob(input_dir, output_dir, **job_options)
     dataset = TolerantDataset(job.pending, transform=preprocessing)
     writer = SegmentationWriter(
@@ -110,8 +114,10 @@ def test_overlay_option_writes_the_labels_on_the_radiograph(tmp_path: Path) -> N
     write_inputs(tmp_path / "in")
     with pytest.raises(InferenceFailures):
         run_inference(tmp_path / "in", tmp_path / "out", overlay=True)
-    assert sorted(p.name for p in (tmp_path / "out").glob("*_overlay.png")) == ["half_overlay.png",
-                                                                               "white photo_overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_overlay.png")) == [
+        "half_overlay.png",
+        "white photo_overlay.png",
+    ]
     picture = np.asarray(Image.open(tmp_path / "out" / "half_overlay.png"))
     assert picture.shape == (90, 60, 3)
     left, right = picture[:, :30], picture[5:-5, 35:-5]
@@ -179,14 +185,24 @@ def test_recursive_run_mirrors_the_tree_and_lists_every_lookalike(tmp_path: Path
     rows = read_rows(out)
     assert list(rows) == sorted(rows), "rows follow the input order"
     assert {file: row["status"] for file, row in rows.items()} == {
-        "a_folder.png/inside.png": "ok", "p1/s1/img.jpg": "ok", "p1/s1/img.png": "ok", "p2/s1/img.png": "ok",
-        "top.png": "ok", "p2/animation.gif": "skipped", "p2/dangling.png": "error",
+        "a_folder.png/inside.png": "ok",
+        "p1/s1/img.jpg": "ok",
+        "p1/s1/img.png": "ok",
+        "p2/s1/img.png": "ok",
+        "top.png": "ok",
+        "p2/animation.gif": "skipped",
+        "p2/dangling.png": "error",
     }, rows
     assert "broken symbolic link" in rows["p2/dangling.png"]["error"]
     assert "not a supported format" in rows["p2/animation.gif"]["error"]
     written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*_seg.png"))
-    assert written == ["a_folder.png/inside_seg.png", "p1/s1/img_jpg_seg.png", "p1/s1/img_png_seg.png",
-                       "p2/s1/img_seg.png", "top_seg.png"]
+    assert written == [
+        "a_folder.png/inside_seg.png",
+        "p1/s1/img_jpg_seg.png",
+        "p1/s1/img_png_seg.png",
+        "p2/s1/img_seg.png",
+        "top_seg.png",
+    ]
     with pytest.raises(InferenceFailures, match="1 of 7 inputs failed"):
         run_inference(tmp_path / "in", out, recursive=True, skip_existing=True)
     assert read_rows(out).keys() == rows.keys(), "the output folder inside the input must not be read as input"

@@ -128,7 +128,9 @@ def test_measurements_assign_lungs_by_image_side(scripts) -> None:
     label_map[10:40, 5:25] = 1  # image left: the patient's right lung
     label_map[10:30, 35:55] = 1
     assert scripts.measurements.measure_lungs(label_map) == {
-        "right_lung_area_px": 600, "left_lung_area_px": 400, "left_to_right_area_ratio": 400 / 600,
+        "right_lung_area_px": 600,
+        "left_lung_area_px": 400,
+        "left_to_right_area_ratio": 400 / 600,
         "lung_components": 2,
     }
     empty = scripts.measurements.measure_lungs(np.zeros((8, 8), np.uint8))
@@ -154,14 +156,24 @@ def test_latent_sampling_inferer_gives_mean_and_spread(scripts) -> None:
 def test_every_augmentation_variant_builds(scripts, tmp_path: Path) -> None:
     """Each variant ends the random chain with its opacity augmentation, after the histogram equalisation (the
     paper's augmentations act on the equalised image), and nothing else differs between variants."""
-    last = {"standard": "HistogramNormalized", "block": "RandBlockMaskd", "diffuse": "RandStraussNoised",
-            "block_diffuse": "OneOf"}
+    last = {
+        "standard": "HistogramNormalized",
+        "block": "RandBlockMaskd",
+        "diffuse": "RandStraussNoised",
+        "block_diffuse": "OneOf",
+    }
     chains = {}
     for variant in last:
         with bundle_imports(BUNDLE_DIR):
-            workflow = ConfigWorkflow(config_file=str(BUNDLE_DIR / "configs" / "train.yaml"), workflow_type="train",
-                                      bundle_root=str(BUNDLE_DIR), augmentation=variant, dataset_dir="unused",
-                                      output_dir=str(tmp_path), ckpt_dir=str(tmp_path))
+            workflow = ConfigWorkflow(
+                config_file=str(BUNDLE_DIR / "configs" / "train.yaml"),
+                workflow_type="train",
+                bundle_root=str(BUNDLE_DIR),
+                augmentation=variant,
+                dataset_dir="unused",
+                output_dir=str(tmp_path),
+                ckpt_dir=str(tmp_path),
+            )
             transforms = workflow.parser.get_parsed_content("train#random_transforms")
         chains[variant] = [type(t).__name__ for t in transforms]
         assert chains[variant][-1] == last[variant]
@@ -176,8 +188,16 @@ def test_short_jsrt_training_lowers_loss_and_raises_dice(jsrt_dir: Path, tmp_pat
     loss falls and the validation Dice rises."""
     torch.set_num_threads(1)
     record = train_bundle(
-        BUNDLE_DIR, dataset_dir=str(jsrt_dir), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"),
-        image_size=[128, 128], train_size=16, epochs=4, batch_size=4, learning_rate=0.001, warmup_steps=2,
+        BUNDLE_DIR,
+        dataset_dir=str(jsrt_dir),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        image_size=[128, 128],
+        train_size=16,
+        epochs=4,
+        batch_size=4,
+        learning_rate=0.001,
+        warmup_steps=2,
         num_workers=0,
         **{"validate#dataset#data#limit": 8},
     )

@@ -82,7 +82,8 @@ def run_checked(command: list[str], cwd: Path | None = None) -> None:
 
 def complete_bundles() -> list[Path]:
     return sorted(
-        p for p in BUNDLES_DIR.iterdir()
+        p
+        for p in BUNDLES_DIR.iterdir()
         if (p / "configs" / "inference.yaml").is_file() and (p / "configs" / "metadata.json").is_file()
     )
 
@@ -104,12 +105,36 @@ def give_weights(bundle_dir: Path, phantoms: Path, work_dir: Path) -> None:
     if (bundle_dir / "models" / "model.pt").is_file():
         return
     image_size = config_value(bundle_dir, "inference.yaml", "trained_with#defaults#image_size")
-    run_checked([
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle_dir / "configs" / "train.yaml"),
-        "--bundle_root", str(bundle_dir), "--dataset_dir", str(phantoms), "--output_dir", str(work_dir),
-        "--ckpt_dir", str(bundle_dir / "models"), "--epochs", "1", "--train_size", "2", "--batch_size", "2",
-        "--num_workers", "0", "--image_size", json.dumps(image_size), "--device", "$torch.device('cpu')",
-    ])
+    run_checked(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(bundle_dir / "configs" / "train.yaml"),
+            "--bundle_root",
+            str(bundle_dir),
+            "--dataset_dir",
+            str(phantoms),
+            "--output_dir",
+            str(work_dir),
+            "--ckpt_dir",
+            str(bundle_dir / "models"),
+            "--epochs",
+            "1",
+            "--train_size",
+            "2",
+            "--batch_size",
+            "2",
+            "--num_workers",
+            "0",
+            "--image_size",
+            json.dumps(image_size),
+            "--device",
+            "$torch.device('cpu')",
+        ]
+    )
     for checkpoint in (bundle_dir / "models").glob("checkpoint_*.pt"):
         checkpoint.unlink()
     assert (bundle_dir / "models" / "model.pt").is_file(), f"training {bundle_dir.name} wrote no model.pt"
@@ -117,10 +142,22 @@ def give_weights(bundle_dir: Path, phantoms: Path, work_dir: Path) -> None:
 
 def contract_label(bundle_dir: Path, inputs: Path, out_dir: Path) -> np.ndarray:
     """The label map the bundle's own inference contract writes for the query image."""
-    run_checked([
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle_dir / "configs" / "inference.yaml"),
-        "--bundle_root", str(bundle_dir), "--dataset_dir", str(inputs), "--output_dir", str(out_dir),
-    ])
+    run_checked(
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            str(bundle_dir / "configs" / "inference.yaml"),
+            "--bundle_root",
+            str(bundle_dir),
+            "--dataset_dir",
+            str(inputs),
+            "--output_dir",
+            str(out_dir),
+        ]
+    )
     return np.asarray(Image.open(out_dir / f"{QUERY_IMAGE}_seg.png"))
 
 
@@ -177,8 +214,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         pytest.skip("no complete bundle (configs/inference.yaml and configs/metadata.json) to serve")
     for bundle in bundles:
         give_weights(bundle, phantoms, work / f"train-{bundle.name}")
-    train_classes = config_value(bundles_dir / TRAIN_BUNDLE, "train.yaml", "label_classes") if (
-        bundles_dir / TRAIN_BUNDLE).is_dir() else [["left_lung", "right_lung", "lungs"]]
+    train_classes = (
+        config_value(bundles_dir / TRAIN_BUNDLE, "train.yaml", "label_classes")
+        if (bundles_dir / TRAIN_BUNDLE).is_dir()
+        else [["left_lung", "right_lung", "lungs"]]
+    )
     fill_datastore(studies, phantoms, train_classes)
     shutil.copy(studies / f"{QUERY_IMAGE}.jpg", query_dir)
 
@@ -186,9 +226,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     log = work / "server.log"
     command = [
-        str(python.parent / "monailabel"), "start_server", "--app", str(app_dir), "--studies", str(studies),
-        "--conf", "bundles", str(bundles_dir), "--conf", "train", TRAIN_BUNDLE,
-        "--host", "127.0.0.1", "--port", str(port),
+        str(python.parent / "monailabel"),
+        "start_server",
+        "--app",
+        str(app_dir),
+        "--studies",
+        str(studies),
+        "--conf",
+        "bundles",
+        str(bundles_dir),
+        "--conf",
+        "train",
+        TRAIN_BUNDLE,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
     ]
     env = quiet_env(MONAI_LABEL_DATASTORE_AUTO_RELOAD="false", PATH=f"{python.parent}{os.pathsep}{os.environ['PATH']}")
     with open(log, "w", encoding="utf-8") as log_handle:
@@ -247,7 +300,9 @@ def test_train_from_scratch_writes_a_new_model(server: Server) -> None:
     before = model.stat().st_mtime_ns
     params = {"max_epochs": 1, "pretrained": False, "val_split": 0.5, "device": "cpu", "multi_gpu": False}
     request(
-        f"{server.url}/train/{TRAIN_BUNDLE}?run_sync=true", json.dumps(params).encode(), "application/json",
+        f"{server.url}/train/{TRAIN_BUNDLE}?run_sync=true",
+        json.dumps(params).encode(),
+        "application/json",
         timeout=REQUEST_TIMEOUT_S,
     )
     assert model.stat().st_mtime_ns > before, "training from scratch must write models/model.pt"

@@ -75,8 +75,10 @@ def test_shipped_model_is_small_and_matches_the_inference_config(opacity_scripts
     network = parsed("inference.yaml").get_parsed_content("network_def")
     network.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
-    assert parsed("inference.yaml").get_parsed_content("image_size") == metadata[
-        "network_data_format"]["inputs"]["image"]["spatial_shape"]
+    assert (
+        parsed("inference.yaml").get_parsed_content("image_size")
+        == metadata["network_data_format"]["inputs"]["image"]["spatial_shape"]
+    )
 
 
 def test_exported_network_matches_eager_on_new_inputs(opacity_scripts) -> None:
@@ -135,8 +137,9 @@ def clear_lung_dataset(phantom_dir: Path, root: Path) -> Path:
     for structure in ("left_lung", "right_lung"):
         (root / "masks" / structure).symlink_to(phantom_dir / "masks" / structure)
     cases = sorted(p.stem for p in (phantom_dir / "images").glob("*.png"))
-    (root / "metadata.csv").write_text("case,patientid,tb\n" + "".join(
-        f"{c},{c},{int(i % 4 == 0)}\n" for i, c in enumerate(cases)))
+    (root / "metadata.csv").write_text(
+        "case,patientid,tb\n" + "".join(f"{c},{c},{int(i % 4 == 0)}\n" for i, c in enumerate(cases))
+    )
     return root
 
 
@@ -144,13 +147,20 @@ def test_clear_lungs_train_as_negatives_in_their_share(opacity_scripts, phantom_
     """Clear lungs join the training set without their TB cases, with an empty opacity target inside their lung
     field, and the sampler draws them in clear_lung_share: over 4000 draws, a third +- 0.03."""
     clear_dir = clear_lung_dataset(phantom_dir, tmp_path / "normals")
-    parser = parsed("train.yaml", dataset_dir=str(phantom_dir), clear_lung_dirs=[str(clear_dir)], num_folds=None,
-                    image_size=[64, 64], clear_lung_share=1 / 3)
+    parser = parsed(
+        "train.yaml",
+        dataset_dir=str(phantom_dir),
+        clear_lung_dirs=[str(clear_dir)],
+        num_folds=None,
+        image_size=[64, 64],
+        clear_lung_share=1 / 3,
+    )
     opacity_cases = parser.get_parsed_content("train#opacity_cases")
     clear_cases = parser.get_parsed_content("train#clear_lung_cases")
     assert clear_cases and all(e["source"] == "normals" for e in clear_cases)
-    tb_cases = {line.split(",")[0] for line in (clear_dir / "metadata.csv").read_text().splitlines()[1:]
-                if line.endswith(",1")}
+    tb_cases = {
+        line.split(",")[0] for line in (clear_dir / "metadata.csv").read_text().splitlines()[1:] if line.endswith(",1")
+    }
     assert not tb_cases & {e["case"] for e in clear_cases}
     item = parser.get_parsed_content("validate#preprocessing")(clear_cases[0])
     assert not np.asarray(item["label"]).any() and np.asarray(item["lung"]).any()
@@ -214,7 +224,10 @@ def test_severity_per_lung_and_zone(opacity_scripts) -> None:
     assert row["right_lung_area_px"] == 35 * 90 and row["left_lung_area_px"] == 25 * 90
     assert row["right_lung_opacity_pct"] == pytest.approx(100 / 3)
     assert (row["right_upper_opacity_pct"], row["right_middle_opacity_pct"], row["right_lower_opacity_pct"]) == (
-        0.0, 0.0, pytest.approx(100.0))
+        0.0,
+        0.0,
+        pytest.approx(100.0),
+    )
     assert row["left_lung_opacity_pct"] == 0.0
     empty = measure(np.zeros((8, 8), np.uint8))
     assert empty["lung_area_px"] == 0
@@ -232,8 +245,15 @@ def test_label_map_keeps_opacity_inside_the_lung(opacity_scripts) -> None:
 
 
 def severity_row(case: str, pred_pct: float, ref_pct: float, source: str = "covid", iou: float = math.nan) -> dict:
-    return {"case": case, "source": source, "pred_opacity_pct": pred_pct, "ref_opacity_pct": ref_pct,
-            "abs_error_pct": abs(pred_pct - ref_pct), "dice": 2 * iou / (1 + iou), "iou": iou}
+    return {
+        "case": case,
+        "source": source,
+        "pred_opacity_pct": pred_pct,
+        "ref_opacity_pct": ref_pct,
+        "abs_error_pct": abs(pred_pct - ref_pct),
+        "dice": 2 * iou / (1 + iou),
+        "iou": iou,
+    }
 
 
 def test_case_row_measures_opacity_inside_the_lung(opacity_scripts) -> None:
@@ -259,8 +279,15 @@ def test_severity_summary_exposes_false_alarms_and_agrees_with_radiologists(opac
     opacity score (one swap): Spearman 1.0 and 0.8. The normals do not enter the correlation with the
     reference opacity %, and the pooled report of two folds equals the report of all rows."""
     normals = [severity_row(f"n{i}", float(i), 0.0, source="jsrt") for i in range(20)]
-    covid = [severity_row(c, p, r, iou=u) for c, p, r, u in
-             [("a", 10.0, 12.0, 0.5), ("b", 20.0, 18.0, 0.6), ("c", 30.0, 40.0, 0.7), ("d", 40.0, 35.0, 0.8)]]
+    covid = [
+        severity_row(c, p, r, iou=u)
+        for c, p, r, u in [
+            ("a", 10.0, 12.0, 0.5),
+            ("b", 20.0, 18.0, 0.6),
+            ("c", 30.0, 40.0, 0.7),
+            ("d", 40.0, 35.0, 0.8),
+        ]
+    ]
     scores = tmp_path / "severity_scores.csv"
     scores.write_text("case,geographic_extent_mean,opacity_mean\na,1,1\nb,2,3\nc,3,2\nd,4,4\n")
     report = opacity_scripts.report
@@ -314,7 +341,7 @@ class DarkIsLung(torch.nn.Module):
         return torch.cat([x - self.threshold, self.threshold - x], dim=1) * 10
 '''
 
-FAKE_INFERENCE = '''imports: [$import torch]
+FAKE_INFERENCE = """imports: [$import torch]
 bundle_root: .
 device: "$torch.device('cpu')"
 ckpt_path: "$@bundle_root + '/models/model.pt'"
@@ -332,7 +359,7 @@ postprocessing:
   transforms:
     - {_target_: Invertd, keys: pred, transform: "@preprocessing", orig_keys: image, nearest_interp: false}
     - {_target_: AsDiscreted, keys: pred, argmax: true}
-'''
+"""
 
 
 @pytest.fixture
@@ -449,9 +476,23 @@ def test_lung_stage_names_missing_weights(opacity_scripts, fake_lung_bundle, tmp
 
 def run_inference(in_dir: Path, out_dir: Path, ckpt: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "inference.yaml"),
-        "--bundle_root", str(BUNDLE), "--dataset_dir", str(in_dir), "--output_dir", str(out_dir),
-        "--ckpt_path", str(ckpt), "--device", "$torch.device('cpu')", *extra,
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(CONFIGS / "inference.yaml"),
+        "--bundle_root",
+        str(BUNDLE),
+        "--dataset_dir",
+        str(in_dir),
+        "--output_dir",
+        str(out_dir),
+        "--ckpt_path",
+        str(ckpt),
+        "--device",
+        "$torch.device('cpu')",
+        *extra,
     ]
     return subprocess.run(command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
 
@@ -471,8 +512,15 @@ def test_two_stage_inference_writes_label_map_overlay_and_severity(
     source = sorted((phantom_dir / "images").glob("*.png"))[0]
     Image.open(source).resize((200, 240)).save(in_dir / "cxr.png")
     # the fake lung bundle's dark pixels of a phantom are no plausible lung field; this test is about the writer
-    result = run_inference(in_dir, tmp_path / "out", untrained_checkpoint, "--lung_bundle_dir", str(fake_lung_bundle),
-                           "--check_lung_field", "false")
+    result = run_inference(
+        in_dir,
+        tmp_path / "out",
+        untrained_checkpoint,
+        "--lung_bundle_dir",
+        str(fake_lung_bundle),
+        "--check_lung_field",
+        "false",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     label_map = np.asarray(Image.open(tmp_path / "out" / "cxr_seg.png"))
     assert label_map.shape == (240, 200) and set(np.unique(label_map)) <= {0, 1, 2} and (label_map > 0).any()
@@ -512,11 +560,13 @@ def test_inference_from_lung_mask_files_reports_images_without_mask(
     cases = sorted(p.stem for p in (phantom_dir / "images").glob("*.png"))[:2]
     for case in cases:
         Image.open(phantom_dir / "images" / f"{case}.png").save(in_dir / f"{case}.png")
-    lungs = [np.asarray(Image.open(phantom_dir / "masks" / side / f"{cases[0]}.png"))
-             for side in ("left_lung", "right_lung")]
+    lungs = [
+        np.asarray(Image.open(phantom_dir / "masks" / side / f"{cases[0]}.png")) for side in ("left_lung", "right_lung")
+    ]
     Image.fromarray(np.maximum(*lungs)).save(mask_dir / f"{cases[0]}.png")
-    result = run_inference(in_dir, tmp_path / "out", untrained_checkpoint, "--lung_source", "masks",
-                           "--lung_mask_dir", str(mask_dir))
+    result = run_inference(
+        in_dir, tmp_path / "out", untrained_checkpoint, "--lung_source", "masks", "--lung_mask_dir", str(mask_dir)
+    )
     assert result.returncode != 0
     with open(tmp_path / "out" / "measurements.csv", newline="") as handle:
         rows = {row["file"]: row for row in csv.DictReader(handle)}
@@ -531,9 +581,17 @@ def test_short_training_on_covid_opacity_lowers_loss_and_raises_dice(covid_dir: 
     """Fold 0 of 5 (by patient), 128 x 128, 6 epochs on CPU: the loss falls and validation Dice rises above
     the untrained network's."""
     record = train_bundle(
-        BUNDLE, validate_first=True, dataset_dir=str(covid_dir), num_folds=5, fold=0, epochs=6,
-        image_size=[128, 128], num_workers=0, batch_size=8,
-        ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"),
+        BUNDLE,
+        validate_first=True,
+        dataset_dir=str(covid_dir),
+        num_folds=5,
+        fold=0,
+        epochs=6,
+        image_size=[128, 128],
+        num_workers=0,
+        batch_size=8,
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
     )
     assert record.epoch_losses[-1] < 0.85 * record.epoch_losses[0], record.epoch_losses
     assert len(record.val_dice) == 7 and max(record.val_dice[1:]) > record.val_dice[0] + 0.03, record.val_dice

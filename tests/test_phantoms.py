@@ -143,11 +143,12 @@ def test_metadata_outcomes_depend_on_opacity(tmp_path: Path) -> None:
 
     assert mean_percent("went_icu", "Y") > mean_percent("went_icu", "N") + 10
     assert mean_percent("survival", "N") > mean_percent("survival", "Y") + 10
-    with Image.open(root / "masks" / "ggo" / "phantom_0000.png") as ggo, Image.open(
-        root / "masks" / "consolidation" / "phantom_0000.png"
-    ) as consolidation, Image.open(root / "masks" / "left_lung" / "phantom_0000.png") as left, Image.open(
-        root / "masks" / "right_lung" / "phantom_0000.png"
-    ) as right:
+    with (
+        Image.open(root / "masks" / "ggo" / "phantom_0000.png") as ggo,
+        Image.open(root / "masks" / "consolidation" / "phantom_0000.png") as consolidation,
+        Image.open(root / "masks" / "left_lung" / "phantom_0000.png") as left,
+        Image.open(root / "masks" / "right_lung" / "phantom_0000.png") as right,
+    ):
         opaque = (np.asarray(ggo) > 0) | (np.asarray(consolidation) > 0)
         lungs = (np.asarray(left) > 0) | (np.asarray(right) > 0)
     assert percent["phantom_0000"] == pytest.approx(100 * opaque.sum() / lungs.sum(), abs=0.01)

@@ -79,9 +79,14 @@ def test_jsrt_prepared_at_default_512(tmp_path: Path, capsys: pytest.CaptureFixt
     heart = read_png(tmp_path / "out" / "masks" / "heart" / "JPCLN001.png")
     np.testing.assert_array_equal(heart, box_mask((512, 512), slice(128, 256), slice(64, 192)).astype(np.uint8) * 255)
     (entry,) = [e for split in splits_of(tmp_path / "out").values() for e in split]
-    assert entry == {"case": "JPCLN001", "image": "images/JPCLN001.png",
-                     "label": {s: f"masks/{s}/JPCLN001.png" for s in sorted(
-                         ["heart", "left_clavicle", "left_lung", "right_clavicle", "right_lung"])}}
+    assert entry == {
+        "case": "JPCLN001",
+        "image": "images/JPCLN001.png",
+        "label": {
+            s: f"masks/{s}/JPCLN001.png"
+            for s in sorted(["heart", "left_clavicle", "left_lung", "right_clavicle", "right_lung"])
+        },
+    }
     assert "wrote 1 cases, skipped 0" in out
 
 
@@ -131,8 +136,9 @@ def test_patients_csv_overrides_reader_patient_ids(tmp_path: Path, capsys: pytes
     for stem in ("x1", "x2"):
         (tmp_path / "src" / f"{stem}.json").write_text(json.dumps(labelme_file("a.png", None, shapes)))
     (tmp_path / "meta.csv").write_text("patientid,filename\n9,x1.jpg\n9,x2.png\n")
-    status, out, _ = run_prepare(capsys, "labelme", str(tmp_path / "src"), str(tmp_path / "out"),
-                                 patients=str(tmp_path / "meta.csv"))
+    status, out, _ = run_prepare(
+        capsys, "labelme", str(tmp_path / "src"), str(tmp_path / "out"), patients=str(tmp_path / "meta.csv")
+    )
     assert status == 0, out
     assert (tmp_path / "out" / "metadata.csv").read_text().splitlines() == ["case,patient_id", "x1,9", "x2,9"]
     assert [len(entries) for entries in splits_of(tmp_path / "out").values()].count(2) == 1
@@ -159,8 +165,9 @@ def test_label_mapping_can_come_from_a_json_file(tmp_path: Path, capsys: pytest.
     ]
     (tmp_path / "src" / "c1.json").write_text(json.dumps(labelme_file("img.png", None, shapes)))
     (tmp_path / "labels.json").write_text(json.dumps({"opacity": "consolidation", "arrow": None}))
-    status, out, _ = run_prepare(capsys, "labelme", str(tmp_path / "src"), str(tmp_path / "out"),
-                                 labels=str(tmp_path / "labels.json"))
+    status, out, _ = run_prepare(
+        capsys, "labelme", str(tmp_path / "src"), str(tmp_path / "out"), labels=str(tmp_path / "labels.json")
+    )
     assert status == 0, out
     assert sorted(p.name for p in (tmp_path / "out" / "masks").iterdir()) == ["consolidation"]
 
@@ -223,7 +230,11 @@ def test_command_line_runs_prepare_and_reports_skips_in_exit_status(tmp_path: Pa
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "tools", "prepare", "montgomery", "--source", str(src), "--out", str(tmp_path / "out")],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=300,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 1, result.stderr
     assert "wrote 1 cases, skipped 1 with errors" in result.stdout
@@ -259,8 +270,13 @@ def test_jsrt_from_raw_format_reproduces_the_shared_copy(jsrt_dir: Path, tmp_pat
     interpolation error: masks exactly (nearest-neighbour 2x up, then bilinear and 50 % down), images within a
     grey level on average.
     """
-    scr_folders = {"left_lung": "left lung", "right_lung": "right lung", "heart": "heart",
-                   "left_clavicle": "left clavicle", "right_clavicle": "right clavicle"}
+    scr_folders = {
+        "left_lung": "left lung",
+        "right_lung": "right lung",
+        "heart": "heart",
+        "left_clavicle": "left clavicle",
+        "right_clavicle": "right clavicle",
+    }
     cases = ["JPCLN001", "JPCNN010"]
     for case in cases:
         shared = Image.open(jsrt_dir / "images" / f"{case}.png").convert("F")

@@ -219,16 +219,35 @@ def square(x0: float, y0: float, side: float) -> list[dict[str, float]]:
 
 
 def darwin_v1(name: str, width: int, height: int, annotations: list[dict]) -> dict:
-    return {"dataset": "covid", "image": {"width": width, "height": height, "original_filename": name,
-                                          "filename": name, "url": "", "path": "/"}, "annotations": annotations}
+    return {
+        "dataset": "covid",
+        "image": {
+            "width": width,
+            "height": height,
+            "original_filename": name,
+            "filename": name,
+            "url": "",
+            "path": "/",
+        },
+        "annotations": annotations,
+    }
 
 
 def darwin_v2(name: str, width: int, height: int, annotations: list[dict]) -> dict:
-    slot = {"type": "image", "slot_name": "0", "width": width, "height": height,
-            "source_files": [{"file_name": name, "url": ""}]}
+    slot = {
+        "type": "image",
+        "slot_name": "0",
+        "width": width,
+        "height": height,
+        "source_files": [{"file_name": name, "url": ""}],
+    }
     schema = "https://darwin-public.s3.eu-west-1.amazonaws.com/darwin_json/2.0/schema.json"
-    return {"version": "2.0", "schema_ref": schema, "item": {"name": name, "path": "/", "slots": [slot]},
-            "annotations": annotations}
+    return {
+        "version": "2.0",
+        "schema_ref": schema,
+        "item": {"name": name, "path": "/", "slots": [slot]},
+        "annotations": annotations,
+    }
 
 
 def expected_lungs(shape: tuple[int, int]) -> np.ndarray:
@@ -281,8 +300,15 @@ def test_darwin_size_mismatch_missing_image_and_broken_json_are_errors(tmp_path:
 
 
 def labelme_file(image_path: str | None, image_data: str | None, shapes: list[dict], size=(30, 40)) -> dict:
-    return {"version": "5.2.1", "flags": {}, "shapes": shapes, "imagePath": image_path, "imageData": image_data,
-            "imageHeight": size[0], "imageWidth": size[1]}
+    return {
+        "version": "5.2.1",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": image_data,
+        "imageHeight": size[0],
+        "imageWidth": size[1],
+    }
 
 
 def polygon_shape(label: str, points: list[list[float]], kind: str = "polygon") -> dict:

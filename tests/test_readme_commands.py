@@ -110,80 +110,148 @@ SMALL_BENCHMARK = f"--bundle {GENERIC_BUNDLE} --dataset_dir data/jsrt --out {{tm
 RULES = (
     # Quick start
     Rule(r"python3 -m venv \.venv && \.venv/bin/pip install", skip=ENVIRONMENT_BUILT_BY_CI),
-    Rule(r"\.venv/bin/python -m monai\.bundle run --config_file bundles/lung_vae/configs/inference\.yaml",
-         shorten=(("--output_dir runs/quickstart", "--output_dir runs/quickstart --dataset_dir {few_phantoms}"),),
-         why="3 of the 100 phantoms",
-         expect=("runs/quickstart/measurements.csv", "runs/quickstart/phantom_*_seg.png",
-                 "runs/quickstart/phantom_*_overlay.png")),
+    Rule(
+        r"\.venv/bin/python -m monai\.bundle run --config_file bundles/lung_vae/configs/inference\.yaml",
+        shorten=(("--output_dir runs/quickstart", "--output_dir runs/quickstart --dataset_dir {few_phantoms}"),),
+        why="3 of the 100 phantoms",
+        expect=(
+            "runs/quickstart/measurements.csv",
+            "runs/quickstart/phantom_*_seg.png",
+            "runs/quickstart/phantom_*_overlay.png",
+        ),
+    ),
     Rule(r"bash \.ci/run", skip="CI itself: it builds the environments and runs the whole suite, this test included"),
-    Rule(r"\.venv/bin/python -m monai\.bundle run --config_file bundles/lung_vae/configs/train\.yaml",
-         shorten=(("--epochs 2", ONE_EPOCH),), why="one epoch of 2 phantoms at 128 x 128", slow=True,
-         expect=("runs/lung_vae/models/model.pt",)),
+    Rule(
+        r"\.venv/bin/python -m monai\.bundle run --config_file bundles/lung_vae/configs/train\.yaml",
+        shorten=(("--epochs 2", ONE_EPOCH),),
+        why="one epoch of 2 phantoms at 128 x 128",
+        slow=True,
+        expect=("runs/lung_vae/models/model.pt",),
+    ),
     Rule(r"python -m pytest", skip="the test suite itself, this test included (.ci/run runs it)"),
     # Results per hospital
     Rule(r"E=\"\['bundles/<b>/configs/train\.yaml','bundles/<b>/configs/evaluate\.yaml'\]\""),
-    Rule(r"python -m monai\.bundle run --config_file \"\$E\" --dataset_dir \.\./shared/data/montgomery",
-         shorten=(("../shared/data/montgomery", "{montgomery_subset}"),), why="4 of the 138 Montgomery cases",
-         needs=("shared_data",), expect=("eval/montgomery/metrics_summary.json",)),
+    Rule(
+        r"python -m monai\.bundle run --config_file \"\$E\" --dataset_dir \.\./shared/data/montgomery",
+        shorten=(("../shared/data/montgomery", "{montgomery_subset}"),),
+        why="4 of the 138 Montgomery cases",
+        needs=("shared_data",),
+        expect=("eval/montgomery/metrics_summary.json",),
+    ),
     # Inference contract
-    Rule(r"python -m monai\.bundle run --config_file bundles/<b>/configs/inference\.yaml",
-         expect=("{outputs}/measurements.csv",)),
+    Rule(
+        r"python -m monai\.bundle run --config_file bundles/<b>/configs/inference\.yaml",
+        expect=("{outputs}/measurements.csv",),
+    ),
     # Code habits
     Rule(r"python -m tools bundle_hashes --record"),
     # Inference at scale
-    Rule(r"python -m monai\.bundle run --config_file bundles/lung_vae/configs/inference\.yaml .*--recursive true",
-         expect=("{outputs}/study*/*_seg.png",)),
-    Rule(r"torchrun --nproc_per_node 8 -m monai\.bundle run .*multi_gpu_inference\.yaml",
-         shorten=(("--nproc_per_node 8", "--nproc_per_node 2"),), why="2 CPU processes", slow=True),
+    Rule(
+        r"python -m monai\.bundle run --config_file bundles/lung_vae/configs/inference\.yaml .*--recursive true",
+        expect=("{outputs}/study*/*_seg.png",),
+    ),
+    Rule(
+        r"torchrun --nproc_per_node 8 -m monai\.bundle run .*multi_gpu_inference\.yaml",
+        shorten=(("--nproc_per_node 8", "--nproc_per_node 2"),),
+        why="2 CPU processes",
+        slow=True,
+    ),
     Rule(r"torchrun --nnodes 2 ", skip=SECOND_MACHINE),
     # Preparing the public datasets
     Rule(r"python -m tools prepare ", skip="needs the publisher's download (--source), which is not redistributed"),
-    Rule(r"python -m tools datalist --dataset_dir \.\./shared/data/jsrt",
-         shorten=(("/tmp/jsrt_datalist.json", "{tmp}/jsrt_datalist.json"),), why="output in the test's folder",
-         needs=("shared_data",)),
-    Rule(r"python -m tools phantoms --out data/phantoms --count 100", shorten=(("--count 100", "--count 4"),),
-         why="4 phantoms", expect=("data/phantoms/datalist.json",)),
+    Rule(
+        r"python -m tools datalist --dataset_dir \.\./shared/data/jsrt",
+        shorten=(("/tmp/jsrt_datalist.json", "{tmp}/jsrt_datalist.json"),),
+        why="output in the test's folder",
+        needs=("shared_data",),
+    ),
+    Rule(
+        r"python -m tools phantoms --out data/phantoms --count 100",
+        shorten=(("--count 100", "--count 4"),),
+        why="4 phantoms",
+        expect=("data/phantoms/datalist.json",),
+    ),
     Rule(r"python -m tools contact_sheet --dataset_dir data/"),
     # MONAI Label
     Rule(r"bash tools/setup_monailabel_env\.sh", skip=ENVIRONMENT_BUILT_BY_CI),
-    Rule(r"PATH=\"\$PWD/\.venv-monailabel/bin:\$PATH\" monailabel start_server ", needs=("monailabel", "curl"),
-         slow=True, server=True, ready="curl -sf http://127.0.0.1:{port}/info/ >/dev/null"),
+    Rule(
+        r"PATH=\"\$PWD/\.venv-monailabel/bin:\$PATH\" monailabel start_server ",
+        needs=("monailabel", "curl"),
+        slow=True,
+        server=True,
+        ready="curl -sf http://127.0.0.1:{port}/info/ >/dev/null",
+    ),
     Rule(r"curl ", needs=("curl",), expect=("{case}_label.png",)),
     # Model Zoo packaging and export
     Rule(r"python -m tools package lung_vae", expect=("dist/lung_vae_v*.zip",)),
-    Rule(r"python -m tools export lung_vae", needs=("onnx",),
-         expect=("bundles/lung_vae/models/model.ts", "bundles/lung_vae/models/model.onnx")),
+    Rule(
+        r"python -m tools export lung_vae",
+        needs=("onnx",),
+        expect=("bundles/lung_vae/models/model.ts", "bundles/lung_vae/models/model.onnx"),
+    ),
     Rule(r"python -m monai\.bundle verify_metadata "),
     Rule(r"cd bundles/lung_vae && python -m monai\.bundle verify_net_in_out "),
     # Training on several hospitals
-    Rule(r"python -m monai\.bundle run --config_file bundles/lung_vae/configs/train\.yaml .*'data/jsrt',",
-         shorten=(("--epochs 12", ONE_EPOCH),), why="one epoch of 2 phantoms per source at 128 x 128", slow=True,
-         expect=("runs/lung_vae/eval/*",)),
+    Rule(
+        r"python -m monai\.bundle run --config_file bundles/lung_vae/configs/train\.yaml .*'data/jsrt',",
+        shorten=(("--epochs 12", ONE_EPOCH),),
+        why="one epoch of 2 phantoms per source at 128 x 128",
+        slow=True,
+        expect=("runs/lung_vae/eval/*",),
+    ),
     # Training on a lent GPU
-    Rule(r"python -m tools\.gpu_train carry ",
-         skip="copies wheels and ../shared/data into .gpu/ for the device machine (what the device call carries)"),
+    Rule(
+        r"python -m tools\.gpu_train carry ",
+        skip="copies wheels and ../shared/data into .gpu/ for the device machine (what the device call carries)",
+    ),
     Rule(r"python -m tools\.gpu_train device_command"),
-    Rule(r"python -m tools\.gpu_train train --tiny", shorten=(("/tmp/gpu-dry-run", "{tmp}/gpu-dry-run"),),
-         why="output in the test's folder", slow=True, expect=("{tmp}/gpu-dry-run/summary.json",)),
+    Rule(
+        r"python -m tools\.gpu_train train --tiny",
+        shorten=(("/tmp/gpu-dry-run", "{tmp}/gpu-dry-run"),),
+        why="output in the test's folder",
+        slow=True,
+        expect=("{tmp}/gpu-dry-run/summary.json",),
+    ),
     # Multi-GPU and multi-node training
-    Rule(r"torchrun --nproc_per_node 8 -m monai\.bundle run .*multi_gpu_train\.yaml",
-         shorten=(("--nproc_per_node 8", "--nproc_per_node 2"),
-                  ("--dataset_dir data/jsrt", f"--dataset_dir data/jsrt {ONE_EPOCH}")),
-         why="2 CPU processes, one epoch of 2 phantoms at 128 x 128", slow=True),
+    Rule(
+        r"torchrun --nproc_per_node 8 -m monai\.bundle run .*multi_gpu_train\.yaml",
+        shorten=(
+            ("--nproc_per_node 8", "--nproc_per_node 2"),
+            ("--dataset_dir data/jsrt", f"--dataset_dir data/jsrt {ONE_EPOCH}"),
+        ),
+        why="2 CPU processes, one epoch of 2 phantoms at 128 x 128",
+        slow=True,
+    ),
     # Benchmark
-    Rule(r"python -m tools benchmark --budget shipped ",
-         shorten=(("--budget shipped", f"--budget shipped {SMALL_BENCHMARK}"),),
-         why=f"{GENERIC_BUNDLE} alone, on 16 phantoms, no plots", slow=True),
-    Rule(r"python -m tools benchmark --budget quick ",
-         shorten=(("--budget quick", f"--budget quick {SMALL_BENCHMARK} --compare_cache false"),),
-         why=f"{GENERIC_BUNDLE} alone, on 16 phantoms, no plots", slow=True),
+    Rule(
+        r"python -m tools benchmark --budget shipped ",
+        shorten=(("--budget shipped", f"--budget shipped {SMALL_BENCHMARK}"),),
+        why=f"{GENERIC_BUNDLE} alone, on 16 phantoms, no plots",
+        slow=True,
+    ),
+    Rule(
+        r"python -m tools benchmark --budget quick ",
+        shorten=(("--budget quick", f"--budget quick {SMALL_BENCHMARK} --compare_cache false"),),
+        why=f"{GENERIC_BUNDLE} alone, on 16 phantoms, no plots",
+        slow=True,
+    ),
     Rule(r"python -m tools benchmark --budget paper ", skip="the papers' settings: hours, meant for a GPU"),
-    Rule(r"python -m tools memory ",
-         shorten=(("--bundle res_cr_net", "--bundle res_cr_net --steps 1 --batch_size 2 --dataset_dir data/jsrt"
-                   " --out {tmp}/memory"),),
-         why="one step of 2 phantoms", slow=True),
-    Rule(r"python -m tools strauss", shorten=(("python -m tools strauss", "python -m tools strauss --repeats 3"),),
-         why="3 repeats"),
+    Rule(
+        r"python -m tools memory ",
+        shorten=(
+            (
+                "--bundle res_cr_net",
+                "--bundle res_cr_net --steps 1 --batch_size 2 --dataset_dir data/jsrt --out {tmp}/memory",
+            ),
+        ),
+        why="one step of 2 phantoms",
+        slow=True,
+    ),
+    Rule(
+        r"python -m tools strauss",
+        shorten=(("python -m tools strauss", "python -m tools strauss --repeats 3"),),
+        why="3 repeats",
+    ),
 )
 
 
@@ -272,7 +340,8 @@ def copy_repository(target: Path) -> Path:
     def left_out(folder: str, names: list[str]) -> set[str]:
         top = Path(folder) == REPO_ROOT
         return {
-            name for name in names
+            name
+            for name in names
             if (top and (name.startswith(".") and name != ".ci" or name in COPY_LEFT_OUT_AT_TOP))
             or any(Path(name).match(pattern) for pattern in COPY_LEFT_OUT)
         }
@@ -337,9 +406,15 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     if (SHARED_DATA / "montgomery" / "images").is_dir():
         subset_of(SHARED_DATA / "montgomery", tmp / "montgomery", 4)
     return {
-        "data": str(tmp / "data"), "few_phantoms": str(few), "studies": str(studies), "inputs": str(images),
-        "archive": str(archive), "case": phantoms[0].stem, "montgomery_subset": str(tmp / "montgomery"),
-        "bundle": GENERIC_BUNDLE, "bundle_image_size": image_size_of(GENERIC_BUNDLE),
+        "data": str(tmp / "data"),
+        "few_phantoms": str(few),
+        "studies": str(studies),
+        "inputs": str(images),
+        "archive": str(archive),
+        "case": phantoms[0].stem,
+        "montgomery_subset": str(tmp / "montgomery"),
+        "bundle": GENERIC_BUNDLE,
+        "bundle_image_size": image_size_of(GENERIC_BUNDLE),
     }
 
 
@@ -372,23 +447,35 @@ def script_line(command: str, rule: Rule, workspace: Workspace) -> str:
     if not rule.server:
         return command
     ready = workspace.fill(rule.ready)
-    return "\n".join([
-        f"{command} &",
-        "server=$!",
-        "trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT",
-        f"for _ in $(seq {SERVER_START_TIMEOUT_S}); do {ready} && break; kill -0 $server; sleep 1; done",
-        ready,
-        f"echo 'readme test: the server answers: {ready}'",
-    ])
+    return "\n".join(
+        [
+            f"{command} &",
+            "server=$!",
+            "trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT",
+            f"for _ in $(seq {SERVER_START_TIMEOUT_S}); do {ready} && break; kill -0 $server; sleep 1; done",
+            ready,
+            f"echo 'readme test: the server answers: {ready}'",
+        ]
+    )
 
 
 def run_script(script: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run a block in its own process group, so a timeout stops its servers and workers too."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env |= {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", "CUDA_VISIBLE_DEVICES": "",
-            "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false"}
-    process = subprocess.Popen(["bash", "-c", script], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    env |= {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "CUDA_VISIBLE_DEVICES": "",
+        "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+    }
+    process = subprocess.Popen(
+        ["bash", "-c", script],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = process.communicate(timeout=BLOCK_TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -99,14 +99,18 @@ def test_inference_reports_every_bad_input_and_segments_the_rest(
     assert result.returncode != 0, f"inputs failed but the run exited 0:\n{log[-3000:]}"
     rows = read_measurements(out_dir)
     by_file = {row["file"]: row for row in rows}
-    assert sorted(by_file) == sorted([case.name for case in cases] + list(LOOKALIKES)), \
+    assert sorted(by_file) == sorted([case.name for case in cases] + list(LOOKALIKES)), (
         "one row per radiograph and per look-alike, none for ignored files"
+    )
     assert len(rows) == len(cases) + len(LOOKALIKES)
     assert not set(IGNORED) & set(by_file)
     for name, status in LOOKALIKES.items():
         assert by_file[name]["status"] == status and name in by_file[name]["error"], by_file[name]
-    num_labels = len(json.loads((BUNDLES_DIR / bundle / "configs" / "metadata.json").read_text())["network_data_format"]
-                     ["outputs"]["pred"]["channel_def"])
+    num_labels = len(
+        json.loads((BUNDLES_DIR / bundle / "configs" / "metadata.json").read_text())["network_data_format"]["outputs"][
+            "pred"
+        ]["channel_def"]
+    )
     for case in cases:
         row = by_file[case.name]
         if is_two_stage(bundle) and case.name in NO_LUNG_TO_FIND and row["status"] == ERROR:
@@ -131,9 +135,7 @@ def test_inference_reports_every_bad_input_and_segments_the_rest(
 
 
 @pytest.mark.parametrize("bundle", bundle_names())
-def test_inference_exits_zero_when_every_input_is_good(
-    bundle: str, untrained: dict[str, Path], tmp_path: Path
-) -> None:
+def test_inference_exits_zero_when_every_input_is_good(bundle: str, untrained: dict[str, Path], tmp_path: Path) -> None:
     folder = tmp_path / "good"
     folder.mkdir()
     Image.fromarray(radiograph(96)).save(folder / "a.png")
@@ -161,7 +163,11 @@ def test_inference_segments_an_8000_pixel_radiograph(bundle: str, untrained: dic
 def run_prepare(*args: str | Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tools", "prepare", *map(str, args)],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=subprocess_env(), timeout=300,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
     )
 
 

@@ -257,8 +257,13 @@ def test_training_preprocessing_packs_weights_into_the_label(phantom_dir: Path, 
     """Image: 3 equalised channels in [0, 1]; label: label values, then mean-1 weights raised at the borders."""
     with bundle_imports(BUNDLE_DIR):
         workflow = ConfigWorkflow(
-            config_file=str(CONFIGS / "train.yaml"), workflow_type="train", bundle_root=str(BUNDLE_DIR),
-            dataset_dir=str(phantom_dir), image_size=[60, 68], ckpt_dir=str(tmp_path), output_dir=str(tmp_path),
+            config_file=str(CONFIGS / "train.yaml"),
+            workflow_type="train",
+            bundle_root=str(BUNDLE_DIR),
+            dataset_dir=str(phantom_dir),
+            image_size=[60, 68],
+            ckpt_dir=str(tmp_path),
+            output_dir=str(tmp_path),
         )
         workflow.initialize()
         entry = workflow.parser.get_parsed_content("train#dataset#data")[0]
@@ -279,9 +284,15 @@ def test_native_inference_keeps_the_aspect_ratio(scripts, phantom_dir: Path, tmp
     torch.save(scripts.network.ResCRNet().state_dict(), checkpoint)
     with bundle_imports(BUNDLE_DIR):
         workflow = ConfigWorkflow(
-            config_file=str(CONFIGS / "inference.yaml"), workflow_type="infer", bundle_root=str(BUNDLE_DIR),
-            dataset_dir=str(input_dir), output_dir=str(output_dir), ckpt_path=str(checkpoint),
-            inference_mode="native", native_max_side=64, device="$torch.device('cpu')",
+            config_file=str(CONFIGS / "inference.yaml"),
+            workflow_type="infer",
+            bundle_root=str(BUNDLE_DIR),
+            dataset_dir=str(input_dir),
+            output_dir=str(output_dir),
+            ckpt_path=str(checkpoint),
+            inference_mode="native",
+            native_max_side=64,
+            device="$torch.device('cpu')",
         )
         workflow.initialize()
         assert workflow.check_properties() == []
@@ -305,8 +316,16 @@ def test_short_jsrt_training_lowers_loss_and_raises_dice(jsrt_dir: Path, tmp_pat
     batch-norm running statistics have caught up."""
     torch.set_num_threads(1)
     record = train_bundle(
-        BUNDLE_DIR, dataset_dir=str(jsrt_dir), ckpt_dir=str(tmp_path / "models"), output_dir=str(tmp_path / "eval"),
-        image_size=[64, 72], train_size=16, epochs=8, batch_size=4, num_workers=0, learning_rate=0.003,
+        BUNDLE_DIR,
+        dataset_dir=str(jsrt_dir),
+        ckpt_dir=str(tmp_path / "models"),
+        output_dir=str(tmp_path / "eval"),
+        image_size=[64, 72],
+        train_size=16,
+        epochs=8,
+        batch_size=4,
+        num_workers=0,
+        learning_rate=0.003,
         **{"validate#dataset#data#limit": 8},
     )
     assert len(record.epoch_losses) == len(record.val_dice) == 8

@@ -126,10 +126,18 @@ def test_a_checkpoint_write_killed_midway_leaves_a_loadable_checkpoint(
 
 
 def start_training(overrides: dict) -> subprocess.Popen:
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file",
-               str(BUNDLES_DIR / BUNDLE / "configs" / "train.yaml"), *override_arguments(overrides)]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(BUNDLES_DIR / BUNDLE / "configs" / "train.yaml"),
+        *override_arguments(overrides),
+    ]
+    return subprocess.Popen(
+        command, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def kill_mid_epoch(process: subprocess.Popen, epoch: int) -> list[str]:
@@ -158,8 +166,9 @@ def test_training_killed_mid_epoch_resumes_and_finishes(bundle_ready: None, phan
     ckpt_dir = tmp_path / "killed" / "models"
     resume_from = KILL_IN_EPOCH - 1
     assert not list(ckpt_dir.glob(f"*_{KILL_IN_EPOCH}.pt")), "killed before the epoch ended, yet it was saved"
-    saved, expected = load(checkpoint_of_epoch(ckpt_dir, resume_from)), load(
-        checkpoint_of_epoch(tmp_path / "uninterrupted" / "models", resume_from)
+    saved, expected = (
+        load(checkpoint_of_epoch(ckpt_dir, resume_from)),
+        load(checkpoint_of_epoch(tmp_path / "uninterrupted" / "models", resume_from)),
     )
     for key, tensor in expected["model"].items():
         assert torch.equal(saved["model"][key], tensor), f"epoch {resume_from} weights differ at {key}"

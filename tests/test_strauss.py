@@ -18,8 +18,10 @@ def close_pairs(points: np.ndarray, radius: float) -> int:
 
 def realisations(gamma: float, runs: int = 300, radius: float = 10.0) -> list[np.ndarray]:
     rng = np.random.RandomState(0)
-    return [sample_strauss(rng, SHAPE, mean_count=12, gamma=gamma, interaction_radius=radius, steps=200)
-            for _ in range(runs)]
+    return [
+        sample_strauss(rng, SHAPE, mean_count=12, gamma=gamma, interaction_radius=radius, steps=200)
+        for _ in range(runs)
+    ]
 
 
 def test_strauss_without_interaction_is_poisson_with_the_mean_count() -> None:

@@ -53,12 +53,14 @@ def test_fit_size_keeps_aspect(shape, box, expected) -> None:
 
 def test_fit_resize_pad_and_invert_restore_the_input_size(tmp_path: Path) -> None:
     Image.fromarray((np.random.default_rng(0).random((90, 60)) * 255).astype(np.uint8)).save(tmp_path / "a.png")
-    preprocessing = Compose([
-        LoadImaged("image", reader=RadiographReader()),
-        EnsureChannelFirstd("image"),
-        FitResized("image", (64, 64)),
-        SpatialPadd("image", (64, 64)),
-    ])
+    preprocessing = Compose(
+        [
+            LoadImaged("image", reader=RadiographReader()),
+            EnsureChannelFirstd("image"),
+            FitResized("image", (64, 64)),
+            SpatialPadd("image", (64, 64)),
+        ]
+    )
     data = preprocessing({"image": str(tmp_path / "a.png")})
     assert tuple(data["image"].shape) == (1, 64, 64)
     data["pred"] = MetaTensor(torch.ones(1, 64, 64))

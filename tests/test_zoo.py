@@ -111,8 +111,18 @@ def test_no_file_over_zoo_limit(bundle_dir: Path, tmp_path: Path) -> None:
 
 def test_verify_net_in_out_cli(bundle_dir: Path) -> None:
     run_in(
-        bundle_dir, "-m", "monai.bundle", "verify_net_in_out", "--net_id", "network_def",
-        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml", "--device", "cpu",
+        bundle_dir,
+        "-m",
+        "monai.bundle",
+        "verify_net_in_out",
+        "--net_id",
+        "network_def",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.yaml",
+        "--device",
+        "cpu",
     )
 
 
@@ -121,8 +131,19 @@ def test_ckpt_export_cli_gives_loadable_torchscript(bundle_dir: Path, tmp_path: 
     ckpt = weights_for(bundle_dir, tmp_path / "weights")
     exported = tmp_path / "model.ts"
     command = [
-        "-m", "monai.bundle", "ckpt_export", "--net_id", "network_def", "--filepath", str(exported),
-        "--ckpt_file", str(ckpt), "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.yaml",
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "--net_id",
+        "network_def",
+        "--filepath",
+        str(exported),
+        "--ckpt_file",
+        str(ckpt),
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.yaml",
     ]
     if metadata.get("torchscript_export", "script") == "trace":
         assert metadata.get("torchscript_note"), "a traced export must say in torchscript_note why scripting fails"
@@ -182,8 +203,18 @@ def test_package_unzips_and_infers(bundle_dir: Path, phantom_dir: Path, tmp_path
     Image.open(sources[0]).save(inputs / "first.png")
     Image.open(sources[1]).resize((200, 240)).save(inputs / "second.png")
     run_in(
-        unzipped, "-m", "monai.bundle", "run", "--config_file", "configs/inference.yaml", "--bundle_root", ".",
-        "--dataset_dir", str(inputs), "--output_dir", str(outputs),
+        unzipped,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "configs/inference.yaml",
+        "--bundle_root",
+        ".",
+        "--dataset_dir",
+        str(inputs),
+        "--output_dir",
+        str(outputs),
     )
     with open(outputs / "measurements.csv", newline="", encoding="utf-8") as handle:
         rows = {row["file"]: row for row in csv.DictReader(handle)}

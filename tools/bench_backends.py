@@ -39,9 +39,14 @@ def time_backend(bundle_dir: Path, images: Path, out_dir: Path, backend: str, on
     """Images per second of the evaluator's run and milliseconds of network per image, for one backend."""
     with bundle_imports(bundle_dir):
         workflow = ConfigWorkflow(
-            config_file=str(bundle_dir / "configs" / "inference.yaml"), workflow_type="infer",
-            bundle_root=str(bundle_dir), dataset_dir=str(images), output_dir=str(out_dir), backend=backend,
-            onnx_path=str(onnx_path), device="$torch.device('cpu')",
+            config_file=str(bundle_dir / "configs" / "inference.yaml"),
+            workflow_type="infer",
+            bundle_root=str(bundle_dir),
+            dataset_dir=str(images),
+            output_dir=str(out_dir),
+            backend=backend,
+            onnx_path=str(onnx_path),
+            device="$torch.device('cpu')",
         )
         workflow.initialize()
         evaluator = workflow.parser.get_parsed_content("evaluator")
@@ -65,10 +70,14 @@ def backends(bundle: str = "lung_vae", images: str | None = None, count: int = 2
         work = Path(scratch)
         folder = copy_images(Path(images) if images else Path(default_dataset_dir()) / "images", count, work / "in")
         export = export_bundle(bundle_dir, work / "export", formats=("onnx",))["onnx"]
-        results = {name: time_backend(bundle_dir, folder, work / name, name, Path(str(export["path"])))
-                   for name in BACKEND_NAMES}
-    print(f"{bundle}: {count} radiographs, {threads} thread(s); ONNX export max |onnx - eager| = "
-          f"{export['max_abs_diff']:.3g}")
+        results = {
+            name: time_backend(bundle_dir, folder, work / name, name, Path(str(export["path"])))
+            for name in BACKEND_NAMES
+        }
+    print(
+        f"{bundle}: {count} radiographs, {threads} thread(s); ONNX export max |onnx - eager| = "
+        f"{export['max_abs_diff']:.3g}"
+    )
     print("| backend | images | images/s | network ms per image |")
     print("|---|---|---|---|")
     for name, result in results.items():

@@ -62,12 +62,16 @@ class BundleState:
         if not self.has_changelog:
             return f"{self.name}: version {self.version} has no `changelog` entry in {metadata}; add one"
         if self.recorded is None:
-            return (f"{self.name} {self.version} is not recorded in {RECORD.relative_to(REPO_ROOT)}: run "
-                    f"`{RECORD_COMMAND}` and commit the file")
+            return (
+                f"{self.name} {self.version} is not recorded in {RECORD.relative_to(REPO_ROOT)}: run "
+                f"`{RECORD_COMMAND}` and commit the file"
+            )
         if self.recorded != self.current:
-            return (f"{self.name}: what the bundle packages changed, but its version is still {self.version} "
-                    f"(recorded {self.recorded}, now {self.current}). Bump `version` in {metadata}, add a "
-                    f"`changelog` entry for it, then run `{RECORD_COMMAND}`")
+            return (
+                f"{self.name}: what the bundle packages changed, but its version is still {self.version} "
+                f"(recorded {self.recorded}, now {self.current}). Bump `version` in {metadata}, add a "
+                f"`changelog` entry for it, then run `{RECORD_COMMAND}`"
+            )
         return None
 
 
@@ -83,8 +87,11 @@ def bundle_state(bundle_dir: Path, record: dict[str, dict[str, str]]) -> BundleS
     metadata = json.loads((bundle_dir / "configs" / "metadata.json").read_text(encoding="utf-8"))
     version = str(metadata["version"])
     return BundleState(
-        name=bundle_dir.name, version=version, current=content_hash(bundle_dir),
-        recorded=record.get(bundle_dir.name, {}).get(version), has_changelog=version in metadata.get("changelog", {}),
+        name=bundle_dir.name,
+        version=version,
+        current=content_hash(bundle_dir),
+        recorded=record.get(bundle_dir.name, {}).get(version),
+        has_changelog=version in metadata.get("changelog", {}),
     )
 
 
@@ -92,8 +99,9 @@ def record_versions(states: list[BundleState], record: dict[str, dict[str, str]]
     """The record with every unrecorded current version added. A recorded version whose content changed is
     never rewritten: that change needs a new version (an entry of a version never released, added on the
     same branch, may be deleted by hand and recorded again)."""
-    refused = [state.problem for state in states
-               if state.problem and (state.recorded is not None or not state.has_changelog)]
+    refused = [
+        state.problem for state in states if state.problem and (state.recorded is not None or not state.has_changelog)
+    ]
     if refused:
         raise ValueError("\n".join(refused))
     updated = {name: dict(versions) for name, versions in record.items()}

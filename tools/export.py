@@ -67,8 +67,14 @@ def export_torchscript(
     meta_file, config_file = config_files(bundle_dir)
     trace = metadata.get("torchscript_export", "script") == "trace"
     ckpt_export(
-        net_id="network_def", filepath=str(filepath), ckpt_file=str(ckpt_file), meta_file=meta_file,
-        config_file=config_file, bundle_root=str(bundle_dir), ckpt_path=str(ckpt_file), use_trace=trace,
+        net_id="network_def",
+        filepath=str(filepath),
+        ckpt_file=str(ckpt_file),
+        meta_file=meta_file,
+        config_file=config_file,
+        bundle_root=str(bundle_dir),
+        ckpt_path=str(ckpt_file),
+        use_trace=trace,
         input_shape=list(example.shape) if trace else None,
     )
 
@@ -76,11 +82,22 @@ def export_torchscript(
 def export_onnx(bundle_dir: Path, ckpt_file: Path, filepath: Path, metadata: dict, example: torch.Tensor) -> None:
     meta_file, config_file = config_files(bundle_dir)
     onnx_export(
-        net_id="network_def", filepath=str(filepath), ckpt_file=str(ckpt_file), meta_file=meta_file,
-        config_file=config_file, bundle_root=str(bundle_dir), ckpt_path=str(ckpt_file), use_trace=True,
+        net_id="network_def",
+        filepath=str(filepath),
+        ckpt_file=str(ckpt_file),
+        meta_file=meta_file,
+        config_file=config_file,
+        bundle_root=str(bundle_dir),
+        ckpt_path=str(ckpt_file),
+        use_trace=True,
         input_shape=list(example.shape),
-        converter_kwargs={"dynamo": False, "opset_version": ONNX_OPSET, "input_names": ["image"],
-                          "output_names": ["pred"], "verify": False},
+        converter_kwargs={
+            "dynamo": False,
+            "opset_version": ONNX_OPSET,
+            "input_names": ["image"],
+            "output_names": ["pred"],
+            "verify": False,
+        },
     )
 
 
@@ -94,7 +111,9 @@ def run_exported(fmt: str, filepath: Path, example: torch.Tensor) -> np.ndarray:
 
 
 def export_bundle(
-    bundle: str | Path, out_dir: str | Path | None = None, formats: tuple[str, ...] = FORMATS,
+    bundle: str | Path,
+    out_dir: str | Path | None = None,
+    formats: tuple[str, ...] = FORMATS,
     ckpt_file: str | Path | None = None,
 ) -> dict[str, dict[str, float | str]]:
     """Export ``bundle`` in each format to ``out_dir`` (default ``<bundle>/models``) and compare with eager.

@@ -32,8 +32,12 @@ DEFAULT_SOURCES = ("jsrt", "montgomery", "shenzhen")
 # reading never needs it)
 CARRIED_WHEELS = ("monai==1.6.1", "pytorch-ignite==0.5.5", "nibabel==5.4.2", "fire==0.7.1")
 # the smallest sizes each network accepts, for the CPU dry run
-TINY_IMAGE_SIZES = {"lung_vae": [64, 64], "attention_bcdunet": [32, 32], "res_cr_net": [32, 32],
-                    "opacity_unet": [64, 64]}
+TINY_IMAGE_SIZES = {
+    "lung_vae": [64, 64],
+    "attention_bcdunet": [32, 32],
+    "res_cr_net": [32, 32],
+    "opacity_unet": [64, 64],
+}
 
 
 def bundle_command(bundle: str, dataset_dirs: list[str], run_dir: Path, tiny: bool, workers: int) -> list[str]:
@@ -41,13 +45,22 @@ def bundle_command(bundle: str, dataset_dirs: list[str], run_dir: Path, tiny: bo
     checkpoints and logs under ``run_dir``; ``tiny`` shrinks it to one epoch of four images."""
     bundle_dir = REPO_ROOT / "bundles" / bundle
     command = [
-        sys.executable, "-m", "monai.bundle", "run",
-        "--config_file", str(bundle_dir / "configs" / "train.yaml"),
-        "--bundle_root", str(bundle_dir),
-        "--dataset_dir", json.dumps(dataset_dirs),
-        "--ckpt_dir", str(run_dir / "models"),
-        "--output_dir", str(run_dir / "eval"),
-        "--num_workers", str(workers),
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(bundle_dir / "configs" / "train.yaml"),
+        "--bundle_root",
+        str(bundle_dir),
+        "--dataset_dir",
+        json.dumps(dataset_dirs),
+        "--ckpt_dir",
+        str(run_dir / "models"),
+        "--output_dir",
+        str(run_dir / "eval"),
+        "--num_workers",
+        str(workers),
     ]
     if tiny:
         command += ["--epochs", "1", "--train_size", "4", "--image_size", json.dumps(TINY_IMAGE_SIZES[bundle])]
@@ -118,8 +131,11 @@ def train(
         raise SystemExit(1)
 
 
-def carry(to: str = ".gpu", sources: tuple[str, ...] | list[str] = DEFAULT_SOURCES,
-          data_root: str = str(REPO_ROOT.parent / "shared" / "data")) -> None:
+def carry(
+    to: str = ".gpu",
+    sources: tuple[str, ...] | list[str] = DEFAULT_SOURCES,
+    data_root: str = str(REPO_ROOT.parent / "shared" / "data"),
+) -> None:
     """Put what the GPU machine lacks into ``to`` (an ignored folder of the repository, named in the device call's
     ``carry``): wheels of the bundles' pure-Python requirements for Python 3.12, and the ``sources`` datasets
     (read in place here, never committed). Prints the size, which must stay under the 64 MiB a call carries."""
@@ -131,9 +147,25 @@ def carry(to: str = ".gpu", sources: tuple[str, ...] | list[str] = DEFAULT_SOURC
     wheels = target / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
-         "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
-         "-d", str(wheels), *CARRIED_WHEELS],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--python-version",
+            "3.12",
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "manylinux2014_x86_64",
+            "-d",
+            str(wheels),
+            *CARRIED_WHEELS,
+        ],
         check=True,
     )
     for source in sources:

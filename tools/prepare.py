@@ -197,8 +197,10 @@ def _reader_options(dataset: str, options: Mapping[str, object]) -> dict[str, ob
     accepted = [name for name in inspect.signature(READERS[dataset]).parameters if name != "source"]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"prepare {dataset} does not take --{', --'.join(unknown)}; it takes: "
-                         + (", ".join(f"--{name}" for name in accepted) or "no dataset options"))
+        raise ValueError(
+            f"prepare {dataset} does not take --{', --'.join(unknown)}; it takes: "
+            + (", ".join(f"--{name}" for name in accepted) or "no dataset options")
+        )
     options = dict(options)
     if isinstance(options.get("labels"), str):
         options["labels"] = json.loads(Path(str(options["labels"])).read_text(encoding="utf-8"))

@@ -84,9 +84,7 @@ class BiConvLSTM(nn.Module):
     ``2 * hidden_channels``, forward first (BCDU-Net).
     """
 
-    def __init__(
-        self, in_channels: int, hidden_channels: int, kernel_size: KernelSize = 3, merge: str = "sum"
-    ) -> None:
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: KernelSize = 3, merge: str = "sum") -> None:
         super().__init__()
         if merge not in ("sum", "concat"):
             raise ValueError(f"merge must be 'sum' or 'concat', got {merge!r}")

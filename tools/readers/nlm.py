@@ -31,7 +31,8 @@ def _finding(stem: str) -> dict[str, str]:
 
 def _images(source: Path, prefix: str) -> list[Path]:
     return sorted(
-        p for p in source.rglob(f"{prefix}*.png")
+        p
+        for p in source.rglob(f"{prefix}*.png")
         if p.is_file() and not p.stem.endswith("_mask") and "ManualMask" not in p.parts
     )
 

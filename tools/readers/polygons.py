@@ -58,9 +58,7 @@ def structure_of(label: str, mapping: Mapping[str, str | None]) -> str | None:
     return mapping[key] if key in mapping else key or None
 
 
-def _checked_vertices(
-    points: np.ndarray, shape: tuple[int, int], source: Path, label: str
-) -> np.ndarray:
+def _checked_vertices(points: np.ndarray, shape: tuple[int, int], source: Path, label: str) -> np.ndarray:
     """Clip vertices slightly outside the image (warning), reject the case for vertices far outside."""
     rows, cols = shape
     low = np.array([-0.5, -0.5])

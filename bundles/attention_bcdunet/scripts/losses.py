@@ -70,9 +70,7 @@ class FocalTverskyLoss(_Loss):
         return (one_minus_index.clamp_min(0) ** (1.0 / self.gamma)).sum(dim=-1).mean()
 
 
-def marginalise_unannotated(
-    probabilities: torch.Tensor, target: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def marginalise_unannotated(probabilities: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge the classes a case does not annotate (NaN target channels) into its background.
 
     For such a case, background becomes "background or any unannotated class": its probability is the sum of

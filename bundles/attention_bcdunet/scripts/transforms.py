@@ -54,7 +54,9 @@ class CLAHEd(MapTransform):
         equalized = np.stack(
             [
                 exposure.equalize_adapthist(
-                    channel.astype(np.float64), kernel_size=self.kernel_size, clip_limit=self.clip_limit,
+                    channel.astype(np.float64),
+                    kernel_size=self.kernel_size,
+                    clip_limit=self.clip_limit,
                     nbins=self.nbins,
                 )
                 for channel in array

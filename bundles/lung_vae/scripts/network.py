@@ -25,14 +25,16 @@ SIZE_MULTIPLE = 64
 
 def conv_bn_relu(in_channels: int, out_channels: int) -> Convolution:
     """3x3 convolution, batch norm and ReLU: MONAI's default ``Convolution`` unit."""
-    return Convolution(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, kernel_size=3,
-                       act="RELU", norm="BATCH")
+    return Convolution(
+        spatial_dims=2, in_channels=in_channels, out_channels=out_channels, kernel_size=3, act="RELU", norm="BATCH"
+    )
 
 
 def down_block(in_channels: int, out_channels: int, factor: int) -> nn.Sequential:
     """Average-pool by ``factor`` (as the reference code), then two conv units."""
-    return nn.Sequential(nn.AvgPool2d(factor), conv_bn_relu(in_channels, out_channels),
-                         conv_bn_relu(out_channels, out_channels))
+    return nn.Sequential(
+        nn.AvgPool2d(factor), conv_bn_relu(in_channels, out_channels), conv_bn_relu(out_channels, out_channels)
+    )
 
 
 def up_block(in_channels: int, out_channels: int, factor: int) -> nn.Sequential:
@@ -81,9 +83,12 @@ class LatentBottleneck(nn.Module):
         self.to_moments = nn.Conv1d(vae_positions, 2 * latent_size, kernel_size=1)
         self.to_positions = nn.Sequential(nn.Conv1d(latent_size, unet_positions, kernel_size=1), nn.ReLU())
         self.to_channels = nn.Sequential(
-            nn.Conv1d(1, features, kernel_size=1), nn.ReLU(),
-            nn.Conv1d(features, 4 * features, kernel_size=1), nn.ReLU(),
-            nn.Conv1d(4 * features, self.channels, kernel_size=1), nn.ReLU(),
+            nn.Conv1d(1, features, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv1d(features, 4 * features, kernel_size=1),
+            nn.ReLU(),
+            nn.Conv1d(4 * features, self.channels, kernel_size=1),
+            nn.ReLU(),
         )
 
     def moments(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,12 +142,14 @@ class LungVAE(nn.Module):
         self.vae_encoder = Encoder(in_channels, features, VAE_FACTORS) if variational else nn.Identity()
         self.latent = LatentBottleneck(features, latent_size, self.image_size) if variational else nn.Identity()
         bottom = 16 * features * (2 if variational else 1)
-        self.ups = nn.ModuleList([
-            up_block(bottom, 8 * features, UNET_FACTORS[3]),
-            up_block(16 * features, 4 * features, UNET_FACTORS[2]),
-            up_block(8 * features, 2 * features, UNET_FACTORS[1]),
-            up_block(4 * features, features, UNET_FACTORS[0]),
-        ])
+        self.ups = nn.ModuleList(
+            [
+                up_block(bottom, 8 * features, UNET_FACTORS[3]),
+                up_block(16 * features, 4 * features, UNET_FACTORS[2]),
+                up_block(8 * features, 2 * features, UNET_FACTORS[1]),
+                up_block(4 * features, features, UNET_FACTORS[0]),
+            ]
+        )
         self.head = nn.Sequential(
             conv_bn_relu(2 * features, features),
             Convolution(spatial_dims=2, in_channels=features, out_channels=out_channels, kernel_size=3, conv_only=True),
@@ -156,9 +163,7 @@ class LungVAE(nn.Module):
             mean = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var)
         return self.latent.feature_map(mean), kl
 
-    def forward(
-        self, x: torch.Tensor, return_kl: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, return_kl: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if x.shape[2] != self.image_size[0] or x.shape[3] != self.image_size[1]:
             raise ValueError(f"LungVAE was built for inputs of {self.image_size} (rows, cols), got {list(x.shape[2:])}")
         levels = self.unet_encoder(x)

@@ -40,7 +40,7 @@ class BinaryClosingd(MapTransform):
     def _close(self, mask: np.ndarray) -> np.ndarray:
         padded = np.pad(mask.astype(bool), self.radius)
         closed = closing(padded, self.footprint)
-        return closed[self.radius: closed.shape[0] - self.radius, self.radius: closed.shape[1] - self.radius]
+        return closed[self.radius : closed.shape[0] - self.radius, self.radius : closed.shape[1] - self.radius]
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -51,8 +51,13 @@ class BinaryClosingd(MapTransform):
         return d
 
 
-def lobar_opacity(image: np.ndarray, lungs: np.ndarray, fractions: tuple[float, float] = (0.6, 0.4),
-                  density: float = 0.9, blur: float = 0.015) -> np.ndarray:
+def lobar_opacity(
+    image: np.ndarray,
+    lungs: np.ndarray,
+    fractions: tuple[float, float] = (0.6, 0.4),
+    density: float = 0.9,
+    blur: float = 0.015,
+) -> np.ndarray:
     """Opacify the lower part of each lung like a lobar consolidation, deterministically.
 
     The lower ``fractions[0]`` of the patient's right lung (image left) and ``fractions[1]`` of the left
@@ -80,8 +85,14 @@ class LobarOpacityd(MapTransform):
     """Evaluation-only: :func:`lobar_opacity` of ``keys`` images, placed by the reference lung mask
     ``mask_key`` (values > 0), to score segmentation of opacified lungs against the clean reference."""
 
-    def __init__(self, keys: KeysCollection, mask_key: str = "label", fractions: tuple[float, float] = (0.6, 0.4),
-                 density: float = 0.9, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "label",
+        fractions: tuple[float, float] = (0.6, 0.4),
+        density: float = 0.9,
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_key = mask_key
         self.fractions = (float(fractions[0]), float(fractions[1]))

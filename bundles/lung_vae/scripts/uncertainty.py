@@ -44,8 +44,9 @@ class LatentSamplingInferer(Inferer):
             raise ValueError("uncertainty_samples > 0 needs the variational model (variational: true)")
         core.sample_latent = True
         try:
-            probabilities = torch.stack([torch.sigmoid(network(inputs, *args, **kwargs))
-                                         for _ in range(self.num_samples)])
+            probabilities = torch.stack(
+                [torch.sigmoid(network(inputs, *args, **kwargs)) for _ in range(self.num_samples)]
+            )
         finally:
             core.sample_latent = False
         mean = probabilities.mean(dim=0).clamp(1e-6, 1 - 1e-6)

@@ -75,8 +75,11 @@ class LungBundle:
 
 
 def load_lung_bundle(
-    bundle_dir: str | Path, device: torch.device | str = "cpu", ckpt_path: str | Path | None = None,
-    config_file: str = "inference.yaml", overrides: Mapping[str, Any] | None = None,
+    bundle_dir: str | Path,
+    device: torch.device | str = "cpu",
+    ckpt_path: str | Path | None = None,
+    config_file: str = "inference.yaml",
+    overrides: Mapping[str, Any] | None = None,
 ) -> LungBundle:
     """Build the lung bundle's network (weights loaded) and transforms from its inference config, with
     ``overrides`` of its config ids. Its network and input follow the settings file beside the weights
@@ -142,8 +145,14 @@ class LungFieldd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, bundle_dir: str | Path, lung_key: str = "lung", device: torch.device | str = "cpu",
-        ckpt_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None, check: bool | str = False,
+        self,
+        keys: KeysCollection,
+        bundle_dir: str | Path,
+        lung_key: str = "lung",
+        device: torch.device | str = "cpu",
+        ckpt_path: str | Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        check: bool | str = False,
     ) -> None:
         super().__init__(keys)
         self.bundle_dir, self.lung_key, self.device, self.ckpt_path = bundle_dir, lung_key, device, ckpt_path

@@ -59,8 +59,13 @@ def case_row(case: str, source: str, pred: np.ndarray, reference: np.ndarray, lu
     ref_pct, pred_pct = opacity_pct(reference, lung), opacity_pct(pred, lung)
     dice, iou = overlap(pred & lung, reference & lung)
     return {
-        "case": case, SOURCE_KEY: source, "ref_opacity_pct": ref_pct, "pred_opacity_pct": pred_pct,
-        "abs_error_pct": abs(pred_pct - ref_pct), "dice": dice, "iou": iou,
+        "case": case,
+        SOURCE_KEY: source,
+        "ref_opacity_pct": ref_pct,
+        "pred_opacity_pct": pred_pct,
+        "abs_error_pct": abs(pred_pct - ref_pct),
+        "dice": dice,
+        "iou": iou,
     }
 
 
@@ -75,8 +80,12 @@ def spread(values: Sequence[float]) -> dict[str, float | int | None]:
     if not array.size:
         return {"n": 0, "mean": None, "sd": None, "median": None, "p95": None, "max": None}
     return {
-        "n": int(array.size), "mean": float(array.mean()), "sd": float(array.std()), "median": float(np.median(array)),
-        "p95": float(np.percentile(array, 95)), "max": float(array.max()),
+        "n": int(array.size),
+        "mean": float(array.mean()),
+        "sd": float(array.std()),
+        "median": float(np.median(array)),
+        "p95": float(np.percentile(array, 95)),
+        "max": float(array.max()),
     }
 
 
@@ -108,7 +117,8 @@ def read_radiologist_scores(severity_csv: str | Path) -> dict[str, dict[str, flo
 
 
 def radiologist_agreement(
-    rows: Sequence[Mapping[str, Any]], scores: Mapping[str, Mapping[str, float]],
+    rows: Sequence[Mapping[str, Any]],
+    scores: Mapping[str, Mapping[str, float]],
 ) -> dict[str, dict[str, Any]]:
     """Spearman's rho of predicted opacity % with each radiologist score over the scored cases, beside the
     reference masks' own opacity % as the ceiling a perfect segmentation would reach."""
@@ -121,12 +131,18 @@ def radiologist_agreement(
 
 
 def outcome_auc(
-    rows: Sequence[Mapping[str, Any]], outcomes: Mapping[str, Mapping[str, bool]], outcome: str, score: str,
+    rows: Sequence[Mapping[str, Any]],
+    outcomes: Mapping[str, Mapping[str, bool]],
+    outcome: str,
+    score: str,
 ) -> tuple[dict[str, Any], list[tuple[float, float]] | None]:
     """ROC-AUC of ``score`` for ``outcome`` over the cases whose outcome is known, with the counts, and the
     ROC points (None when one class is missing and the AUC is undefined)."""
-    known = [(r[score], outcomes[r["case"]][outcome]) for r in rows
-             if outcome in outcomes.get(r["case"], {}) and math.isfinite(r[score])]
+    known = [
+        (r[score], outcomes[r["case"]][outcome])
+        for r in rows
+        if outcome in outcomes.get(r["case"], {}) and math.isfinite(r[score])
+    ]
     positives = sum(label for _, label in known)
     result: dict[str, Any] = {"positives": positives, "negatives": len(known) - positives, "auc": None}
     if positives == 0 or positives == len(known):
@@ -147,7 +163,8 @@ def source_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def severity_summary(
-    rows: Sequence[Mapping[str, Any]], outcomes: Mapping[str, Mapping[str, bool]] | None = None,
+    rows: Sequence[Mapping[str, Any]],
+    outcomes: Mapping[str, Mapping[str, bool]] | None = None,
     radiologist_scores: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[tuple[float, float]]]]:
     """The figures of ``severity_summary.json`` and the ROC points of predicted opacity % per outcome.
@@ -185,7 +202,9 @@ def severity_summary(
 
 
 def write_severity_report(
-    rows: Sequence[Mapping[str, Any]], output_dir: str | Path, metadata_csv: str | Path | None = None,
+    rows: Sequence[Mapping[str, Any]],
+    output_dir: str | Path,
+    metadata_csv: str | Path | None = None,
     severity_csv: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write ``severity_per_case.csv``, ``severity_summary.json`` and ``roc_<outcome>.png`` (from predicted
@@ -227,7 +246,10 @@ class SeverityReport:
     """
 
     def __init__(
-        self, output_dir: str | Path, metadata_csv: str | Path | None = None, lung_key: str = "lung_full",
+        self,
+        output_dir: str | Path,
+        metadata_csv: str | Path | None = None,
+        lung_key: str = "lung_full",
         severity_csv: str | Path | None = None,
     ) -> None:
         self.output_dir, self.metadata_csv, self.lung_key = Path(output_dir), metadata_csv, lung_key
@@ -241,25 +263,33 @@ class SeverityReport:
 
     def _collect(self, engine: Engine) -> None:
         for item, batch_item in zip(engine.state.output, engine.state.batch, strict=True):
-            self.rows.append(case_row(
-                str(batch_item.get("case", len(self.rows))),
-                str(batch_item.get(SOURCE_KEY, "")),
-                to_label_map(item["pred"]) > 0,
-                to_label_map(item["label"]) > 0,
-                to_label_map(batch_item[self.lung_key]) > 0,
-            ))
+            self.rows.append(
+                case_row(
+                    str(batch_item.get("case", len(self.rows))),
+                    str(batch_item.get(SOURCE_KEY, "")),
+                    to_label_map(item["pred"]) > 0,
+                    to_label_map(item["label"]) > 0,
+                    to_label_map(batch_item[self.lung_key]) > 0,
+                )
+            )
 
     def _write(self, engine: Engine) -> None:
         summary = write_severity_report(self.rows, self.output_dir, self.metadata_csv, self.severity_csv)
         logger.info(
             "opacity of %d cases: IoU with opacity %s, clear lungs' opacity %% %s, radiologists %s",
-            len(self.rows), summary["with_opacity"]["iou"], summary["clear_lungs"]["pred_opacity_pct"],
+            len(self.rows),
+            summary["with_opacity"]["iou"],
+            summary["clear_lungs"]["pred_opacity_pct"],
             summary["radiologists"],
         )
 
 
-def pool_folds(output_dir: str | Path, fold_dirs: Sequence[str | Path], metadata_csv: str | Path | None = None,
-               severity_csv: str | Path | None = None) -> dict[str, Any]:
+def pool_folds(
+    output_dir: str | Path,
+    fold_dirs: Sequence[str | Path],
+    metadata_csv: str | Path | None = None,
+    severity_csv: str | Path | None = None,
+) -> dict[str, Any]:
     """One report over the held-out cases of every fold (each case is held out once in a cross-validation)."""
     rows = [row for fold_dir in fold_dirs for row in read_severity_rows(Path(fold_dir) / "severity_per_case.csv")]
     return write_severity_report(rows, output_dir, metadata_csv, severity_csv)
@@ -267,8 +297,10 @@ def pool_folds(output_dir: str | Path, fold_dirs: Sequence[str | Path], metadata
 
 if __name__ == "__main__":
     if len(sys.argv) < 3:
-        raise SystemExit("usage: python -m scripts.report OUT_DIR FOLD_DIR [FOLD_DIR ...]  "
-                         "(env METADATA_CSV, SEVERITY_CSV for outcomes and radiologist scores)")
+        raise SystemExit(
+            "usage: python -m scripts.report OUT_DIR FOLD_DIR [FOLD_DIR ...]  "
+            "(env METADATA_CSV, SEVERITY_CSV for outcomes and radiologist scores)"
+        )
     import os
 
     pooled = pool_folds(sys.argv[1], sys.argv[2:], os.environ.get("METADATA_CSV"), os.environ.get("SEVERITY_CSV"))

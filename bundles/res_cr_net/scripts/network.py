@@ -40,8 +40,13 @@ class SeparableConv2d(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int) -> None:
         super().__init__(
             nn.Conv2d(
-                in_channels, in_channels, kernel_size, padding=dilation * (kernel_size // 2), dilation=dilation,
-                groups=in_channels, bias=False,
+                in_channels,
+                in_channels,
+                kernel_size,
+                padding=dilation * (kernel_size // 2),
+                dilation=dilation,
+                groups=in_channels,
+                bias=False,
             ),
             nn.Conv2d(in_channels, out_channels, 1),
         )

@@ -50,7 +50,10 @@ def separation_term(label: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def contour_weights(
-    label: np.ndarray, band_width: float, border_weight: float = 2.0, separation_weight: float = 2.0,
+    label: np.ndarray,
+    band_width: float,
+    border_weight: float = 2.0,
+    separation_weight: float = 2.0,
     separation_sigma: float | None = None,
 ) -> np.ndarray:
     """Pixel weights of a (rows, cols) label map, scaled to mean 1.
@@ -106,7 +109,10 @@ class ContourWeightd(MapTransform):
                 raise ValueError(f"ContourWeightd expects {key!r} as a (1, rows, cols) label map, got {shape}")
             label_map = np.asarray(label[0].detach().cpu() if isinstance(label, torch.Tensor) else label[0])
             weights = contour_weights(
-                label_map.astype(np.int64), self.band_width, self.border_weight, self.separation_weight,
+                label_map.astype(np.int64),
+                self.band_width,
+                self.border_weight,
+                self.separation_weight,
                 self.separation_sigma,
             )
             d[self.weight_key] = convert_to_dst_type(weights[None], label, dtype=torch.float32)[0]

@@ -21,7 +21,6 @@ downloads, are small phantom sets here; ``--dataset_dir ../shared/data/montgomer
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import shlex
@@ -35,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import REPO_ROOT, SHARED_DATA
 
 from cxrseg.phantoms import generate_dataset
@@ -68,7 +66,6 @@ NEEDS_REASON = {
 # README's placeholders and what stands in for them here (fields of Workspace.values)
 PLACEHOLDERS = {
     r"<b>": "{bundle}",
-    r"<inference\.yaml's image_size>": "{bundle_image_size}",
     r"(?<![\w/])IN(?![\w/])": "{inputs}",
     r"(?<![\w/])OUT(?![\w/])": "{outputs}",
     r"(?<![\w/])ARCHIVE(?![\w/])": "{archive}",
@@ -374,11 +371,6 @@ def subset_of(dataset: Path, target: Path, count: int) -> Path:
     return target
 
 
-def image_size_of(bundle: str) -> str:
-    config = yaml.safe_load((REPO_ROOT / "bundles" / bundle / "configs" / "inference.yaml").read_text())
-    return json.dumps(config["image_size"]).replace(" ", "")
-
-
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -414,7 +406,6 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "case": phantoms[0].stem,
         "montgomery_subset": str(tmp / "montgomery"),
         "bundle": GENERIC_BUNDLE,
-        "bundle_image_size": image_size_of(GENERIC_BUNDLE),
     }
 
 

@@ -19,10 +19,10 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from PIL import Image, ImageDraw
-from skimage.segmentation import find_boundaries
 
 from .cxrseg.io import read_radiograph
 from .cxrseg.lungs import lung_sides
+from .cxrseg.overlay import draw_overlay
 
 OPACITY, CLEAR_LUNG = 1, 2
 ZONES = ("upper", "middle", "lower")
@@ -82,13 +82,7 @@ def measure_opacity(label_map: np.ndarray) -> dict[str, float]:
 
 def overlay(image: np.ndarray, label_map: np.ndarray) -> Image.Image:
     """RGB picture of the radiograph with the lungs outlined in green and opacity filled in translucent red."""
-    low, high = np.percentile(image, (0.5, 99.5))
-    gray = np.clip((image - low) / max(high - low, 1e-6), 0, 1) * 255
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    opacity = label_map == OPACITY
-    rgb[opacity] = 0.55 * rgb[opacity] + 0.45 * np.array([255.0, 0.0, 0.0])
-    rgb[find_boundaries(label_map > 0, mode="inner")] = (0, 255, 0)
-    return Image.fromarray(rgb.astype(np.uint8))
+    return draw_overlay(image, fills=[(label_map == OPACITY, (255, 0, 0))], outlines=[(label_map > 0, (0, 255, 0))])
 
 
 def save_overlay(item: Mapping[str, Any], label_map: np.ndarray, output_dir: Path, stem: str) -> None:

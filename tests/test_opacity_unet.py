@@ -578,15 +578,16 @@ def test_inference_from_lung_mask_files_reports_images_without_mask(
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_short_training_on_covid_opacity_lowers_loss_and_raises_dice(covid_dir: Path, tmp_path: Path) -> None:
-    """Fold 0 of 5 (by patient), 128 x 128, 6 epochs on CPU: the loss falls and validation Dice rises above
-    the untrained network's."""
+    """Fold 0 of 5 (by patient), 128 x 128, 10 epochs on CPU: the loss falls and validation Dice rises above
+    the untrained network's. The paper's flat rate: a cosine over 60 steps spends too many of them small."""
     record = train_bundle(
         BUNDLE,
         validate_first=True,
         dataset_dir=str(covid_dir),
         num_folds=5,
         fold=0,
-        epochs=6,
+        epochs=10,
+        lr_schedule="constant",
         image_size=[128, 128],
         num_workers=0,
         batch_size=8,
@@ -594,4 +595,4 @@ def test_short_training_on_covid_opacity_lowers_loss_and_raises_dice(covid_dir: 
         output_dir=str(tmp_path / "eval"),
     )
     assert record.epoch_losses[-1] < 0.85 * record.epoch_losses[0], record.epoch_losses
-    assert len(record.val_dice) == 7 and max(record.val_dice[1:]) > record.val_dice[0] + 0.03, record.val_dice
+    assert len(record.val_dice) == 11 and max(record.val_dice[1:]) > record.val_dice[0] + 0.03, record.val_dice

@@ -164,12 +164,13 @@ def load_split(
         raise ValueError("dataset_dir is an empty list: name at least one prepared dataset")
     if datalist is not None and len(sources) > 1:
         raise ValueError("datalist names one file, so it needs one dataset_dir, got several")
-    entries = [
-        entry
-        for source in sources
-        for entry in _source_split(Path(source), split, datalist, fractions, seed, num_folds, fold)
-        if not _excluded(entry, metadata_rows(source), exclude or {})
-    ]
+    entries = []
+    for source in sources:
+        kept = _source_split(Path(source), split, datalist, fractions, seed, num_folds, fold)
+        if exclude:
+            rows = metadata_rows(source)
+            kept = [entry for entry in kept if not _excluded(entry, rows, exclude)]
+        entries += kept
     return _subset(entries, limit, seed)
 
 

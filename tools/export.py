@@ -61,34 +61,35 @@ def _first_output(output: object) -> np.ndarray:
     return output.detach().cpu().numpy() if isinstance(output, torch.Tensor) else np.asarray(output)
 
 
+def export_arguments(bundle_dir: Path, ckpt_file: Path, filepath: Path) -> dict[str, str]:
+    """What MONAI's ``ckpt_export`` and ``onnx_export`` both need: the network id, the files, and the checkpoint
+    as ``ckpt_path`` too, so that the configs read the settings recorded beside it."""
+    meta_file, config_file = config_files(bundle_dir)
+    return {
+        "net_id": "network_def",
+        "filepath": str(filepath),
+        "ckpt_file": str(ckpt_file),
+        "meta_file": meta_file,
+        "config_file": config_file,
+        "bundle_root": str(bundle_dir),
+        "ckpt_path": str(ckpt_file),
+    }
+
+
 def export_torchscript(
     bundle_dir: Path, ckpt_file: Path, filepath: Path, metadata: dict, example: torch.Tensor
 ) -> None:
-    meta_file, config_file = config_files(bundle_dir)
     trace = metadata.get("torchscript_export", "script") == "trace"
     ckpt_export(
-        net_id="network_def",
-        filepath=str(filepath),
-        ckpt_file=str(ckpt_file),
-        meta_file=meta_file,
-        config_file=config_file,
-        bundle_root=str(bundle_dir),
-        ckpt_path=str(ckpt_file),
+        **export_arguments(bundle_dir, ckpt_file, filepath),
         use_trace=trace,
         input_shape=list(example.shape) if trace else None,
     )
 
 
 def export_onnx(bundle_dir: Path, ckpt_file: Path, filepath: Path, metadata: dict, example: torch.Tensor) -> None:
-    meta_file, config_file = config_files(bundle_dir)
     onnx_export(
-        net_id="network_def",
-        filepath=str(filepath),
-        ckpt_file=str(ckpt_file),
-        meta_file=meta_file,
-        config_file=config_file,
-        bundle_root=str(bundle_dir),
-        ckpt_path=str(ckpt_file),
+        **export_arguments(bundle_dir, ckpt_file, filepath),
         use_trace=True,
         input_shape=list(example.shape),
         converter_kwargs={

@@ -30,6 +30,7 @@ COMMANDS = {
     "strauss": "tools.bench_strauss:strauss",
     "backends": "tools.bench_backends:backends",
     "compare_inference": "tools.compare_inference:COMMANDS",
+    "compare_training": "tools.compare_training:COMMANDS",
     "gpu_train": "tools.gpu_train:COMMANDS",
 }
 

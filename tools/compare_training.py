@@ -189,7 +189,8 @@ class Side:
 
     def launch(self) -> None:
         configs = [self.bundle_dir / "configs" / "train.yaml", recorder_config(self.run_dir)]
-        (self.run_dir / RECORDS).unlink(missing_ok=True)
+        for stale in (RECORDS, TIMING):  # of an earlier run into the same folder
+            (self.run_dir / stale).unlink(missing_ok=True)
         self.command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(c) for c in configs])]
         self.command += override_arguments(self.overrides)
         # this repository's tools first (the recorder), then the checkout's bundle code as ``scripts``
@@ -244,6 +245,16 @@ def side_by_side(sides: Sequence[Side], max_minutes: float, poll_s: float = 1.0)
     finally:
         for side in sides:
             side.stop()
+
+
+def _commit(root: Path) -> str:
+    """The commit a checkout is at (with ``+changes`` when its tracked files differ from it), or "not git"."""
+    git = ["git", "-C", str(root)]
+    head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return "not git"
+    changed = subprocess.run(git + ["diff", "--quiet", "HEAD"], capture_output=True).returncode != 0
+    return head.stdout.strip() + (" +changes" if changed else "")
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
@@ -304,8 +315,10 @@ def compare_recipes(
     if isinstance(bundles, str):
         bundles = [bundles]
     summary: dict[str, Any] = {
-        "before": f"old checkout {old_root}" if old_root else "this checkout, the paper's recipe (PAPER_RECIPES)",
-        "after": f"this checkout {REPO_ROOT}, train.yaml defaults",
+        "before": f"old checkout {old_root} ({_commit(old_root)})"
+        if old_root
+        else "the paper's recipe (PAPER_RECIPES)",
+        "after": f"this checkout {REPO_ROOT} ({_commit(REPO_ROOT)}), train.yaml defaults",
         "metric": metric,
         "target": target_dice,
         "image_size": list(image_size),

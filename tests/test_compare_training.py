@@ -80,7 +80,7 @@ def test_epoch_recorder_writes_each_epochs_validation_learning_rate_and_images(t
         validations.append(0.25 * (len(validations) + 1))
         engine.state.metrics.update(val_dice=validations[-1], note="text")
 
-    trainer = Engine(lambda engine, batch: scheduler.step())
+    trainer = Engine(lambda engine, batch: (optimizer.step(), scheduler.step()))
     trainer.optimizer = optimizer
     trainer.add_event_handler(Events.EPOCH_COMPLETED(every=2), lambda _: evaluator.run([0]))
     recorder = EpochRecorder(str(tmp_path / "timing.json"), str(tmp_path / "records.jsonl"), evaluator)

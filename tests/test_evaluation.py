@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cxrseg.evaluation import binary_metrics, case_metrics, summarize
+from cxrseg.evaluation import binary_metrics, case_metrics, dice, summarize
 
 
 def square(top: int, left: int, size: int, shape: tuple[int, int] = (20, 20)) -> np.ndarray:
@@ -24,6 +24,14 @@ def test_overlapping_squares_hand_computed() -> None:
     assert scores["precision"] == pytest.approx(12 / 16) and scores["recall"] == pytest.approx(12 / 16)
     assert scores["accuracy"] == pytest.approx(1 - 8 / 400)
     assert scores["hd95"] == pytest.approx(1.0)
+
+
+def test_validation_dice_alone_matches_the_full_metrics() -> None:
+    """Training's validation computes Dice without HD95; it must give the evaluation's figure, empty masks included."""
+    empty = np.zeros((20, 20), bool)
+    assert dice(square(2, 2, 4), square(2, 3, 4)) == pytest.approx(24 / 32)
+    assert dice(empty, empty) == 1.0 and dice(square(2, 2, 4), empty) == 0.0
+    assert dice(square(0, 0, 5), square(3, 3, 6)) == binary_metrics(square(0, 0, 5), square(3, 3, 6))["dice"]
 
 
 def test_hd95_of_distant_squares() -> None:

@@ -191,11 +191,13 @@ def test_torchscript_export_matches_eager(trained_bundle) -> None:
 
 @pytest.mark.parametrize("bundle", bundle_names())
 def test_training_and_inference_show_progress(bundle: str) -> None:
-    """Progress bars (rate and ETA; off where stderr is no terminal): first of the training handlers, so that the
-    bar of an epoch closes before validation logs, and among the inference handlers."""
-    progress = "scripts.cxrseg.progress.progress_bar"
+    """Progress bars (rate and ETA; off where stderr is no terminal): first of the report handlers, which the
+    trainer attaches before validation so that the bar of an epoch closes before validation logs, and among the
+    inference handlers."""
     train = ConfigParser.load_config_file(config_path(bundle, "train.yaml"))
-    assert train["train"]["handlers"][0]["_target_"] == progress
+    assert train["train"]["trainer"]["train_handlers"] == "$@train#report_handlers + @train#handlers"
+    progress = "scripts.cxrseg.progress.progress_bar"
+    assert train["train"]["report_handlers"][0]["_target_"] == progress
     inference = ConfigParser.load_config_file(config_path(bundle, "inference.yaml"))
     assert progress in [handler.get("_target_") for handler in inference["handlers"]]
 

@@ -27,7 +27,8 @@ RANKS = 2
 TORCHRUN_TIMEOUT_S = 900
 SAVE_RANK_WEIGHTS = """\
 finalize:
-  - "$torch.save({{'state': @network.module.state_dict(), 'iterations': @train#trainer.state.iteration}}, \
+  - "$torch.save({{'state': @network.module.state_dict(), 'iterations': @train#trainer.state.iteration, \
+'handlers': [type(handler).__name__ for handler in @train#trainer#train_handlers]}}, \
 '{out}/rank' + str(dist.get_rank()) + '.pt')"
   - $dist.destroy_process_group()
 """
@@ -97,6 +98,11 @@ def test_two_ranks_train_identical_weights(bundle: str, phantom_dir: Path, tmp_p
         different = [name for name in reference if not torch.equal(reference[name], other["state"][name])]
         assert not different, f"rank {rank} weights differ from rank 0 in {different[:5]}"
     assert list((tmp_path / "models").glob("checkpoint_*.pt")), "rank 0 must save the resumable checkpoint"
+    # every rank steps the schedule and validates; rank 0 alone logs and writes TensorBoard
+    reporting = {"StatsHandler", "TensorBoardStatsHandler"}
+    assert reporting <= set(saved[0]["handlers"])
+    assert {"LrScheduleHandler", "ValidationHandler"} <= set(saved[1]["handlers"])
+    assert not reporting & set(saved[1]["handlers"])
 
 
 INFERENCE_BUNDLES = ["res_cr_net"]

@@ -184,8 +184,10 @@ def test_every_augmentation_variant_builds(scripts, tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_short_jsrt_training_lowers_loss_and_raises_dice(jsrt_dir: Path, tmp_path: Path) -> None:
-    """16 JSRT cases at 128x128 for 4 epochs (lr 1e-3 after 2 warmup steps, cosine over the 16 steps): the epoch
-    loss falls and the validation Dice rises."""
+    """16 JSRT cases at 128x128 for 4 epochs in batches of 2 (lr 1e-3 after 2 warmup steps, cosine over the 32
+    steps): the epoch loss falls and the validation Dice rises well clear of its first value. Batches of 4 gave 16
+    steps, too few for the lungs to cross the 0.5 threshold on validation cases, so Dice sat at 0 and a one-percent
+    wobble decided the test."""
     torch.set_num_threads(1)
     record = train_bundle(
         BUNDLE_DIR,
@@ -195,12 +197,12 @@ def test_short_jsrt_training_lowers_loss_and_raises_dice(jsrt_dir: Path, tmp_pat
         image_size=[128, 128],
         train_size=16,
         epochs=4,
-        batch_size=4,
+        batch_size=2,
         learning_rate=0.001,
         warmup_steps=2,
         num_workers=0,
         **{"validate#dataset#data#limit": 8},
     )
     assert record.epoch_losses[-1] < 0.8 * record.epoch_losses[0], record.epoch_losses
-    assert max(record.val_dice[1:]) > record.val_dice[0] + 0.05, record.val_dice
+    assert record.val_dice[-1] > max(0.6, record.val_dice[0] + 0.3), record.val_dice
     assert (tmp_path / "models" / "model.pt").is_file()

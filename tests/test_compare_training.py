@@ -16,10 +16,10 @@ from ignite.engine import Engine, Events
 from tools.__main__ import COMMANDS
 from tools.compare_training import (
     EpochRecorder,
-    compare_recipes,
     measure_reference,
     missing_ids,
     read_records,
+    recipes,
     table,
     time_to_target,
 )
@@ -106,10 +106,15 @@ def test_the_recorder_config_names_the_trainer_and_the_evaluator(tmp_path: Path)
     assert "compare_training" in COMMANDS
 
 
+def written_summary(out: Path) -> dict:
+    """The summary ``recipes`` wrote to ``<out>/compare_training.json``."""
+    return json.loads((out / "compare_training.json").read_text(encoding="utf-8"))
+
+
 def test_recipes_trains_before_and_after_side_by_side_on_phantoms(phantom_dir: Path, tmp_path: Path) -> None:
     """Two epochs of lung_vae at 64 x 64 each side: "before" keeps the paper's flat 1e-4, "after" follows the
     bundle's warm-up and cosine; both record validation Dice and img/s, and the summary is written."""
-    summary = compare_recipes(
+    recipes(
         out=str(tmp_path),
         bundles=["lung_vae"],
         dataset_dir=str(phantom_dir),
@@ -119,7 +124,7 @@ def test_recipes_trains_before_and_after_side_by_side_on_phantoms(phantom_dir: P
         target_dice=0.0,
         after={"warmup_steps": 1},
     )
-    result = summary["bundles"]["lung_vae"]
+    result = written_summary(tmp_path)["bundles"]["lung_vae"]
     before, after = result["before"], result["after"]
     for side in (before, after):
         assert side["exit"] == 0, Path(side["log"]).read_text()[-3000:]
@@ -130,13 +135,12 @@ def test_recipes_trains_before_and_after_side_by_side_on_phantoms(phantom_dir: P
     assert [r["lr"] for r in before["records"]] == pytest.approx([1e-4, 1e-4])
     assert after["records"][0]["lr"] > 1e-4 and after["records"][-1]["lr"] < 1e-6
     assert result["images_per_s_ratio"] == pytest.approx(after["images_per_s"] / before["images_per_s"])
-    assert json.loads((tmp_path / "compare_training.json").read_text())["bundles"]["lung_vae"]["before"]["epochs"] == 2
+    assert result["before"]["epochs"] == 2
 
 
 def test_recipes_stops_both_trainings_at_the_wall_clock_cap(phantom_dir: Path, tmp_path: Path) -> None:
-    summary = compare_recipes(
-        out=str(tmp_path), bundles="res_cr_net", dataset_dir=str(phantom_dir), epochs=50, max_minutes=0.05
-    )
+    recipes(out=str(tmp_path), bundles="res_cr_net", dataset_dir=str(phantom_dir), epochs=50, max_minutes=0.05)
+    summary = written_summary(tmp_path)
     result = summary["bundles"]["res_cr_net"]
     for side in (result["before"], result["after"]):
         assert side["exit"] == "stopped at the wall-clock cap"
@@ -151,7 +155,7 @@ def test_an_old_checkout_without_the_recipe_ids_stops_before_training(tmp_path: 
     (old / "train.yaml").write_text("epochs: 1\nnum_workers: 0\n", encoding="utf-8")
     (tmp_path / "data" / "images").mkdir(parents=True)
     with pytest.raises(SystemExit, match="has no dataset_dir, image_size, val_interval, bundle_root"):
-        compare_recipes(
+        recipes(
             old=str(tmp_path / "old"),
             out=str(tmp_path / "out"),
             bundles=["lung_vae"],

@@ -291,7 +291,7 @@ def table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def compare_recipes(
+def recipes(
     old: str | None = None,
     out: str = "/tmp/cxrseg-compare-training",
     bundles: Sequence[str] = BUNDLES,
@@ -306,8 +306,16 @@ def compare_recipes(
     train_size: int | None = None,
     before: Mapping[str, Any] | None = None,
     after: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``recipes`` comparison; returns the summary it also writes to ``<out>/compare_training.json``."""
+) -> None:
+    """Train each bundle "before" and "after" side by side, one core each, and report img/s and the minutes to
+    ``target_dice`` of validation ``metric``.
+
+    ``old``: an old checkout whose bundles are "before" with their own defaults; without it "before" is this
+    checkout's bundle with the paper's recipe (flat rate, channels-first). ``dataset_dir``: default the shared
+    copy of the dataset each bundle's metadata names (JSRT for the lung bundles). ``epochs`` also sets the
+    length of the half-cosine schedule; ``max_minutes`` stops both trainings of a bundle. ``before`` / ``after``:
+    extra overrides of that side, e.g. ``--after "{'warmup_steps': 50}"``. Writes ``<out>/compare_training.json``
+    and prints the table; the runs (logs, ``records.jsonl``) are in ``<out>/<bundle>/<side>``."""
     from tools.budgets import dataset_of
 
     out_dir = Path(out).resolve()
@@ -368,52 +376,8 @@ def compare_recipes(
         summary["bundles"][bundle] = result
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "compare_training.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    return summary
-
-
-def recipes(
-    old: str | None = None,
-    out: str = "/tmp/cxrseg-compare-training",
-    bundles: Sequence[str] = BUNDLES,
-    dataset_dir: str | None = None,
-    image_size: Sequence[int] = (128, 128),
-    epochs: int = 30,
-    max_minutes: float = 30.0,
-    target_dice: float = 0.90,
-    metric: str = "val_mean_dice",
-    val_interval: int = 1,
-    num_workers: int = 0,
-    train_size: int | None = None,
-    before: Mapping[str, Any] | None = None,
-    after: Mapping[str, Any] | None = None,
-) -> None:
-    """Train each bundle "before" and "after" side by side, one core each, and report img/s and the minutes to
-    ``target_dice`` of validation ``metric``.
-
-    ``old``: an old checkout whose bundles are "before" with their own defaults; without it "before" is this
-    checkout's bundle with the paper's recipe (flat rate, channels-first). ``dataset_dir``: default the shared
-    copy of the dataset each bundle's metadata names (JSRT for the lung bundles). ``epochs`` also sets the
-    length of the half-cosine schedule; ``max_minutes`` stops both trainings of a bundle. ``before`` / ``after``:
-    extra overrides of that side, e.g. ``--after "{'warmup_steps': 50}"``. Writes ``<out>/compare_training.json``
-    and prints the table; the runs (logs, ``records.jsonl``) are in ``<out>/<bundle>/<side>``."""
-    summary = compare_recipes(
-        old,
-        out,
-        bundles,
-        dataset_dir,
-        image_size,
-        epochs,
-        max_minutes,
-        target_dice,
-        metric,
-        val_interval,
-        num_workers,
-        train_size,
-        before,
-        after,
-    )
     print(table(summary))
-    print(f"written: {Path(out).resolve() / 'compare_training.json'}")
+    print(f"written: {out_dir / 'compare_training.json'}")
 
 
 def load_reference(reference_repo: str | Path) -> Any:

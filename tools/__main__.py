@@ -32,6 +32,7 @@ COMMANDS = {
     "compare_inference": "tools.compare_inference:COMMANDS",
     "compare_training": "tools.compare_training:COMMANDS",
     "gpu_train": "tools.gpu_train:COMMANDS",
+    "average_weights": "tools.average_weights:average_weights",
 }
 
 

@@ -19,7 +19,7 @@ StateDict = dict[str, torch.Tensor]
 def load_state_dict(path: Path) -> StateDict:
     """The network weights that ``path`` holds, whether a bare state dict or a training checkpoint."""
     content = torch.load(path, map_location="cpu", weights_only=True)
-    return content["model"] if "model" in content and isinstance(content["model"], dict) else content
+    return content.get("model", content)
 
 
 def mean_state_dict(state_dicts: list[StateDict]) -> StateDict:

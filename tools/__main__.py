@@ -33,6 +33,7 @@ COMMANDS = {
     "compare_training": "tools.compare_training:COMMANDS",
     "gpu_train": "tools.gpu_train:COMMANDS",
     "average_weights": "tools.average_weights:average_weights",
+    "robustness": "tools.robustness:robustness",
 }
 
 

@@ -56,7 +56,7 @@ def _grey(mask_keys: Sequence[str], shape: tuple[int, int]) -> list[MapTransform
 
 def _wide_field_of_view(mask_keys: Sequence[str], shape: tuple[int, int]) -> list[MapTransform]:
     """Everything shrunk to 65 % about the centre and padded black: lungs that filled 75 % of the height fill
-    about 50 % (the training's smallest zoom)."""
+    about 50 % (the smallest zoom of the default hospital augmentation)."""
     keys = [IMAGE_KEY, *mask_keys]
     modes = ["area"] + ["nearest-exact"] * len(mask_keys)
     return [Zoomd(keys, zoom=0.65, mode=modes, padding_mode="constant", keep_size=True)]

@@ -135,6 +135,19 @@ RULES = (
         needs=("shared_data",),
         expect=("eval/montgomery/metrics_summary.json",),
     ),
+    # The unseen hospital as other hospitals show it
+    Rule(
+        r"python -m tools robustness --out /tmp/cxrseg-robustness",
+        shorten=(
+            (
+                "--out /tmp/cxrseg-robustness",
+                "--out {tmp}/robustness --bundles \"['res_cr_net']\" --shifts \"['grey']\" --limit 2",
+            ),
+        ),
+        why="res_cr_net on 2 Montgomery cases, one shift",
+        needs=("shared_data",),
+        expect=("{tmp}/robustness/robustness.json",),
+    ),
     # Inference contract
     Rule(
         r"python -m monai\.bundle run --config_file bundles/<b>/configs/inference\.yaml",

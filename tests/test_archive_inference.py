@@ -20,7 +20,7 @@ from conftest import BUNDLES_DIR, REPO_ROOT
 from PIL import Image
 
 BUNDLE = "res_cr_net"
-ARCHIVE_SIZE = 60
+ARCHIVE_SIZE = 24
 ROWS_BEFORE_KILL = 5
 RUN_TIMEOUT_S = 600
 

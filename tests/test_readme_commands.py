@@ -217,10 +217,7 @@ RULES = (
     Rule(r"python -m tools\.gpu_train device_command"),
     Rule(
         r"python -m tools\.gpu_train train --tiny",
-        shorten=(("/tmp/gpu-dry-run", "{tmp}/gpu-dry-run"),),
-        why="output in the test's folder",
-        slow=True,
-        expect=("{tmp}/gpu-dry-run/summary.json",),
+        skip="tests/test_gpu_train.py runs this dry run and checks the weights and logs it brings back",
     ),
     # Multi-GPU and multi-node training
     Rule(

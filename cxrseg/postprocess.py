@@ -61,8 +61,9 @@ class AnatomyFilterd(MapTransform):
     """Remove from a ``(1, rows, cols)`` label map what cannot be lung or heart; keep everything else as it is.
 
     Args:
-        keys: label maps (label values, not scores or one-hot), normally ``pred`` after the argmax or threshold,
-            at the network's resolution (before ``Invertd``), where this takes a millisecond or two.
+        keys: label maps (label values, not scores or one-hot): ``pred`` after the argmax or threshold, or a
+            copy of it where the scores go on to :class:`ScoresWithinLabelsd`; at the network's resolution
+            (before ``Invertd``), where this takes a millisecond or two.
         lung_labels: label values that are lung (united into one lung field for the rules of
             :func:`plausible_lungs`); removed lung pixels become background.
         heart_label: label value of the heart, of which only the largest connected component is kept; ``None``
@@ -130,4 +131,41 @@ class AnatomyFilterd(MapTransform):
                 d[key].copy_(torch.as_tensor(filtered, dtype=original.dtype))
             else:
                 d[key] = filtered.astype(array.dtype)
+        return d
+
+
+class ScoresWithinLabelsd(MapTransform):
+    """Zero each class's score wherever the label map at network resolution has no pixel of that class within
+    one pixel, so that scores brought to the input's size (bilinear ``Invertd``) and argmaxed there draw the
+    borders between the network's pixels without undoing the post-processing.
+
+    Taking the argmax at network resolution and enlarging the label map with nearest neighbours puts every
+    border on the network's pixel grid (steps of 8 pixels for 256 rows of a 2048-row radiograph); argmaxing
+    bilinear scores at the input's size puts it where the scores cross, which raised lung Dice by 0.001-0.002
+    on the sources larger than the network. Running the anatomy filter at the input's size instead costs most
+    of a second per 2048 x 2048 radiograph; confining the scores keeps it at network resolution: a border moves
+    by at most a network pixel, a removed region stays removed and a filled hole stays filled.
+
+    Args:
+        keys: class scores (probabilities, one channel per label value) at network resolution.
+        label_key: the post-processed ``(1, rows, cols)`` label map of the same image at the same resolution.
+    """
+
+    def __init__(self, keys: KeysCollection, label_key: str, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        label_map = torch.as_tensor(d[self.label_key]).long()
+        for key in self.key_iterator(d):
+            scores = d[key]
+            if label_map.shape != (1, *scores.shape[1:]):
+                raise ValueError(
+                    f"ScoresWithinLabelsd expects a (1, rows, cols) label map in {self.label_key!r} matching the "
+                    f"scores {tuple(scores.shape)} in {key!r}, got {tuple(label_map.shape)}"
+                )
+            one_hot = torch.nn.functional.one_hot(label_map[0], scores.shape[0]).permute(2, 0, 1).float()
+            nearby = torch.nn.functional.max_pool2d(one_hot[None], kernel_size=3, stride=1, padding=1)[0]
+            d[key] = scores * nearby.to(scores.device, scores.dtype)
         return d

@@ -1,4 +1,5 @@
-"""AnatomyFilterd: what anatomy implies, on hand-made label maps (0 background, 1 lung, 2 heart)."""
+"""AnatomyFilterd: what anatomy implies, on hand-made label maps (0 background, 1 lung, 2 heart);
+ScoresWithinLabelsd: class scores confined to the post-processed label map, then enlarged bilinearly."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, Resized
 
-from cxrseg.postprocess import AnatomyFilterd, plausible_lungs
+from cxrseg.postprocess import AnatomyFilterd, ScoresWithinLabelsd, plausible_lungs
+from cxrseg.transforms import FitResized
 
 LUNG, HEART = 1, 2
 
@@ -113,3 +115,54 @@ def test_metadata_survives_so_invertd_restores_the_input_size() -> None:
 def test_rejects_scores() -> None:
     with pytest.raises(ValueError, match="label map"):
         AnatomyFilterd("pred", lung_labels=[LUNG])({"pred": torch.zeros(3, 8, 8)})
+
+
+def test_scores_are_zeroed_where_the_label_map_has_no_such_class_within_one_pixel() -> None:
+    label_map = torch.tensor([[0, 0, 1, 1, 1]] * 3)[None].float()
+    scores = torch.full((2, 3, 5), 0.5)
+    confined = ScoresWithinLabelsd("pred", label_key="label_map")({"pred": scores, "label_map": label_map})["pred"]
+    np.testing.assert_array_equal(np.asarray(confined[0, 1]), [0.5, 0.5, 0.5, 0.0, 0.0])
+    np.testing.assert_array_equal(np.asarray(confined[1, 1]), [0.0, 0.5, 0.5, 0.5, 0.5])
+
+
+def enlarged_label_map(lung_probability: np.ndarray, label_map: np.ndarray) -> np.ndarray:
+    """The inference path of the softmax bundles on a (rows, cols) lung probability at network resolution:
+    confine the [background, lung] scores to ``label_map``, enlarge them 4 times bilinearly with ``Invertd``, argmax."""
+    rows, cols = lung_probability.shape
+    preprocessing = Compose([FitResized("image", (rows, cols), keep_aspect_ratio=False)])
+    data = preprocessing({"image": MetaTensor(torch.zeros(1, 4 * rows, 4 * cols))})
+    probability = torch.from_numpy(lung_probability).float()
+    data["pred"] = MetaTensor(torch.stack([1 - probability, probability]), meta=data["image"].meta)
+    data["label_map"] = torch.from_numpy(label_map[None]).float()
+    data = ScoresWithinLabelsd("pred", label_key="label_map")(data)
+    restored = Invertd("pred", transform=preprocessing, orig_keys="image", nearest_interp=False)(data)["pred"]
+    assert tuple(restored.shape) == (2, 4 * rows, 4 * cols)
+    return np.asarray(restored.argmax(0))
+
+
+def test_the_border_falls_where_the_scores_cross_not_on_the_network_grid() -> None:
+    # lung probability 0.4 at column 3 and 0.9 at column 4: bilinear scores cross 0.5 at column 3.2 of the
+    # network, i.e. between columns 14 and 15 of the 4-times larger image (nearest neighbours would say 16)
+    lung_probability = np.tile(np.array([0.0, 0.0, 0.0, 0.4, 0.9, 1.0, 1.0, 1.0]), (4, 1))
+    label_map = (lung_probability > 0.5).astype(np.int64)
+    enlarged = enlarged_label_map(lung_probability, label_map)
+    np.testing.assert_array_equal(enlarged[5], [0] * 15 + [1] * 17)
+
+
+def test_what_post_processing_removed_or_filled_stays_so() -> None:
+    lung_probability = np.zeros((12, 12))
+    lung_probability[2:10, 2:10] = 0.9
+    lung_probability[4:8, 4:8] = 0.1  # a hole the filter filled
+    lung_probability[0, 11] = 0.9  # a speck the filter removed
+    label_map = np.zeros((12, 12), np.int64)
+    label_map[2:10, 2:10] = LUNG
+    enlarged = enlarged_label_map(lung_probability, label_map)
+    assert enlarged[16:32, 16:32].all()
+    assert not enlarged[:4, 40:].any()
+
+
+def test_scores_and_label_map_of_different_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match="label map"):
+        ScoresWithinLabelsd("pred", label_key="label_map")(
+            {"pred": torch.zeros(2, 8, 8), "label_map": torch.zeros(1, 4, 4)}
+        )

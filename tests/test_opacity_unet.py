@@ -34,6 +34,7 @@ def opacity_scripts():
     with bundle_imports(BUNDLE):
         import scripts.lung_stage
         import scripts.network
+        import scripts.operating_point
         import scripts.report
         import scripts.severity
 
@@ -304,6 +305,42 @@ def test_severity_summary_exposes_false_alarms_and_agrees_with_radiologists(opac
     report.write_severity_report(normals[10:] + covid[2:], tmp_path / "fold1")
     pooled = report.pool_folds(tmp_path / "pooled", [tmp_path / "fold0", tmp_path / "fold1"], severity_csv=scores)
     assert json.loads(json.dumps(pooled)) == json.loads(json.dumps(summary))
+
+
+def test_threshold_is_chosen_on_the_other_folds(opacity_scripts, tmp_path: Path, monkeypatch) -> None:
+    """Three folds, each one case with opacity (IoU 0.6 at threshold 0.3, 0.4 at 0.5) and one clear lung (0 %
+    at 0.5; at 0.3, 10 % in fold a, 0 % in b and c). Within 2 % of false alarms: fold a's threshold, chosen on b
+    and c, is 0.3; b's and c's, chosen on folds that include a (5 % on average), are 0.5; all folds (3.3 %)
+    choose 0.5. The held-out report scores each fold at its own choice: IoU (0.6 + 0.4 + 0.4) / 3."""
+    monkeypatch.delenv("SEVERITY_CSV", raising=False)
+    monkeypatch.delenv("METADATA_CSV", raising=False)
+    report, operating_point = opacity_scripts.report, opacity_scripts.operating_point
+    for fold, clear_at_low in (("a", 10.0), ("b", 0.0), ("c", 0.0)):
+        for threshold, iou, clear_pct in ((0.3, 0.6, clear_at_low), (0.5, 0.4, 0.0)):
+            rows = [severity_row(f"{fold}1", 30.0, 30.0, iou=iou), severity_row(f"{fold}2", clear_pct, 0.0)]
+            report.write_severity_report(rows, tmp_path / fold / f"threshold_{threshold}")
+    with pytest.raises(SystemExit, match="two folds"):
+        operating_point.main([str(tmp_path / "one"), str(tmp_path / "a")])
+    result = operating_point.main([str(tmp_path / "out"), *(str(tmp_path / fold) for fold in "abc")])
+    assert (result["per_fold"], result["all_folds"]) == ([0.3, 0.5, 0.5], 0.5)
+    held_out = json.loads((tmp_path / "out" / "severity_summary.json").read_text())
+    assert held_out["with_opacity"]["iou"]["mean"] == pytest.approx(1.4 / 3)
+    assert held_out["clear_lungs"]["pred_opacity_pct"]["mean"] == pytest.approx(10 / 3)
+    assert [(row["threshold"], row["iou"]) for row in result["table"]] == [
+        (0.3, pytest.approx(0.6)),
+        (0.5, pytest.approx(0.4)),
+    ]
+    strict = operating_point.main(
+        [str(tmp_path / "strict"), *(str(tmp_path / f) for f in "ab"), "--max_clear_pct", "-1"]
+    )
+    assert strict["all_folds"] == 0.5, "where no threshold keeps within the bound, the fewest false alarms"
+
+
+def test_configs_share_the_opacity_threshold() -> None:
+    """Inference scores with the threshold that evaluation and the cross-validation measured."""
+    assert parsed("inference.yaml").get_parsed_content("opacity_threshold") == parsed(
+        ["train.yaml", "evaluate.yaml"]
+    ).get_parsed_content("opacity_threshold")
 
 
 def test_roc_auc_and_curve_on_known_scores(opacity_scripts, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """Code of the opacity_unet bundle: the lung stage (a lung bundle of the collection run in-process), the
-lung crop of the network input, and the severity measurements (opacity % per lung and zone, ROC-AUC of
-opacity % for ICU admission and death). The network is MONAI's FlexibleUNet with exportable
+lung crop of the network input, the severity measurements (opacity % per lung and zone, ROC-AUC of
+opacity % for ICU admission and death), and the nested cross-validated choice of the opacity threshold
+(operating_point.py). The network is MONAI's FlexibleUNet with exportable
 ResNet shortcuts (network.py); the loss is MONAI's DiceFocalLoss."""
 
 # A bundle copied with `cp -r` keeps scripts/cxrseg as a relative link to the repository's cxrseg/, which dangles

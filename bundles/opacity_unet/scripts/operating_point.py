@@ -24,8 +24,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .report import read_radiologist_scores, read_severity_rows, severity_summary, write_severity_report
 
 THRESHOLD_PREFIX = "threshold_"
@@ -41,10 +39,11 @@ def read_fold(fold_dir: str | Path) -> dict[float, Rows]:
 
 
 def iou_and_false_alarm(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
-    """Mean IoU over the cases with opacity, and the clear lungs' mean predicted opacity % (NaN where none)."""
-    ious = [r["iou"] for r in rows if r["ref_opacity_pct"] > 0 and math.isfinite(r["iou"])]
-    clear = [r["pred_opacity_pct"] for r in rows if r["ref_opacity_pct"] == 0 and math.isfinite(r["pred_opacity_pct"])]
-    return (float(np.mean(ious)) if ious else math.nan, float(np.mean(clear)) if clear else math.nan)
+    """Mean IoU over the cases with opacity, and the clear lungs' mean predicted opacity % (NaN where none), as
+    the severity report defines both."""
+    summary, _ = severity_summary(rows)
+    iou, false_alarm = summary["with_opacity"]["iou"]["mean"], summary["clear_lungs"]["pred_opacity_pct"]["mean"]
+    return (math.nan if iou is None else iou, math.nan if false_alarm is None else false_alarm)
 
 
 def choose_threshold(rows_by_threshold: Mapping[float, Sequence[Mapping[str, Any]]], max_clear_pct: float) -> float:

@@ -108,13 +108,16 @@ def test_every_bundle_states_its_held_out_cases(bundle: str) -> None:
 
 
 def test_shipped_opacity_weights_are_scored_on_their_cross_validation_fold() -> None:
-    """opacity_unet ships fold 0 of 5, scored with the clear lungs of the same fold; weights trained with
-    train.yaml's defaults hold out the test split."""
+    """opacity_unet ships fold 0 of 5, scored with the clear lungs of the same fold and the lung bundle's field it
+    was trained with; weights trained with train.yaml's defaults hold out the test split and read the dataset's
+    lung masks, as they trained."""
     shipped = held_out(BUNDLES_DIR / "opacity_unet", shipped_weights=True)
     overrides = held_out_overrides(shipped)
     fold = {k: overrides[k] for k in (SPLIT_ID, "num_folds", "fold")}
     assert fold == {SPLIT_ID: "validation", "num_folds": 5, "fold": 0}
     assert [Path(d).name for d in overrides["clear_lung_dirs"]] == ["jsrt", "montgomery", "shenzhen"]
+    assert overrides["lung_source"] == "bundle"
+    assert "lung_source" not in held_out_overrides(held_out(BUNDLES_DIR / "opacity_unet", shipped_weights=False))
     assert held_out_name(shipped) == "fold 0 of 5"
     assert held_out_name(held_out(BUNDLES_DIR / "opacity_unet", shipped_weights=False)) == "test"
     assert held_out(BUNDLES_DIR / "attention_bcdunet", shipped_weights=False)["split"] == "validation"

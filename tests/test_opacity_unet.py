@@ -9,6 +9,9 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -429,6 +432,34 @@ def test_lung_stage_runs_the_other_bundle_and_restores_scripts(opacity_scripts, 
     assert lung.shape == (1, 50, 70)
     assert lung[0, 12:38, 7:23].all() and not lung[0, :, 40:].any()
     assert opacity_scripts.lung_stage.load_lung_bundle(fake_lung_bundle).lung_values == [1]
+
+
+def test_lung_stage_loads_its_bundle_once_when_threads_call_it_first_together(
+    opacity_scripts, fake_lung_bundle, tmp_path, monkeypatch
+) -> None:
+    """CacheDataset computes the lung fields from a pool of threads; loading swaps the process-wide ``scripts``
+    package, so concurrent first calls must wait for one load (two at once crashed evaluation with
+    ``--lung_source bundle`` and more than 0 workers)."""
+    image = np.zeros((50, 70), np.uint8)
+    image[10:40, 5:25] = 20
+    image[:, 35:] = 200
+    Image.fromarray(image).save(tmp_path / "cxr.png")
+    real_load, loads = opacity_scripts.lung_stage.load_lung_bundle, []
+
+    def slow_load(*args, **kwargs):
+        loads.append(threading.current_thread().name)
+        time.sleep(0.3)  # wide enough for every thread to arrive while the first one loads
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(opacity_scripts.lung_stage, "load_lung_bundle", slow_load)
+    own = sys.modules["scripts"]
+    field = opacity_scripts.lung_stage.LungFieldd(keys="image", bundle_dir=fake_lung_bundle, lung_key="lung")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        fields = list(pool.map(lambda _: np.asarray(field({"image": str(tmp_path / "cxr.png")})["lung"]), range(4)))
+    assert len(loads) == 1
+    assert sys.modules["scripts"] is own
+    for lung in fields:
+        assert lung[0, 12:38, 7:23].all() and not lung[0, :, 40:].any()
 
 
 def test_lung_stage_takes_the_loaded_radiograph(opacity_scripts, fake_lung_bundle, tmp_path) -> None:

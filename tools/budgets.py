@@ -84,12 +84,15 @@ def held_out(bundle_dir: Path, shipped_weights: bool) -> dict[str, Any]:
 
 def held_out_overrides(cases: Mapping[str, Any]) -> dict[str, Any]:
     """Config overrides that make ``evaluate.yaml`` score the cases of :func:`held_out`, with metadata
-    ``held_out.extra_datasets`` (config id -> shared dataset names, e.g. opacity_unet's clear lungs) as paths."""
+    ``held_out.extra_datasets`` (config id -> shared dataset names, e.g. opacity_unet's clear lungs) as paths and
+    ``held_out.shipped_weights.overrides`` (how the shipped recipe differs from ``train.yaml``'s defaults where
+    evaluation must follow it, e.g. opacity_unet's lung field from the lung bundle) as they are."""
     extra = {
         config_id: [str(SHARED_DATA / name) for name in names]
         for config_id, names in cases.get("extra_datasets", {}).items()
     }
-    return {SPLIT_ID: cases["split"], **{key: cases[key] for key in FOLD_KEYS if key in cases}, **extra}
+    folds = {key: cases[key] for key in FOLD_KEYS if key in cases}
+    return {SPLIT_ID: cases["split"], **folds, **extra, **cases.get("overrides", {})}
 
 
 def held_out_name(cases: Mapping[str, Any]) -> str:

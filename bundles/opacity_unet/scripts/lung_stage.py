@@ -11,6 +11,7 @@ MONAI Label does.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,12 +135,19 @@ def _as_lung_field(mask: np.ndarray, image_path: str, check: bool) -> MetaTensor
     return MetaTensor(torch.from_numpy(mask.astype(np.uint8)[None]))
 
 
+# held while a LungFieldd loads its lung bundle (module level: a lock attribute would stop the transform pickling)
+_LUNG_BUNDLE_LOADING = threading.Lock()
+
+
 class LungFieldd(MapTransform):
     """Add ``lung_key``: the lung field of the radiograph ``data[key]`` (a file path, or the image ``LoadImaged``
     has read, which is then not read and decoded a second time), from a lung bundle.
 
     The bundle is loaded on first use, so a config that lists this transform as an unused alternative
-    (``lung_source: dataset``) neither needs the lung bundle nor pays for it. ``check`` rejects a field that is not
+    (``lung_source: dataset``) neither needs the lung bundle nor pays for it; once, also when several threads call
+    it first at the same time (``CacheDataset`` fills its cache from a pool of ``num_workers`` threads), because
+    loading swaps the process-wide ``scripts`` package (:func:`~cxrseg.bundle.bundle_imports`), which two
+    concurrent loads would corrupt. ``check`` rejects a field that is not
     two plausible lungs with a :class:`RadiographError`; it is off unless the config asks, so that training and
     evaluation, which must score every case, are not changed by it.
     """
@@ -160,13 +168,19 @@ class LungFieldd(MapTransform):
         self.check = as_flag(check)
         self._bundle: LungBundle | None = None
 
+    def lung_bundle(self) -> LungBundle:
+        """The lung bundle, loaded by the first caller while any others wait for it."""
+        with _LUNG_BUNDLE_LOADING:
+            if self._bundle is None:
+                self._bundle = load_lung_bundle(self.bundle_dir, self.device, self.ckpt_path, overrides=self.overrides)
+        return self._bundle
+
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        if self._bundle is None:
-            self._bundle = load_lung_bundle(self.bundle_dir, self.device, self.ckpt_path, overrides=self.overrides)
+        bundle = self.lung_bundle()
         d = dict(data)
         for key in self.key_iterator(d):
             image = d[key] if isinstance(d[key], torch.Tensor) else str(d[key])
-            d[self.lung_key] = _as_lung_field(self._bundle.segment(image), _source(d[key]), self.check)
+            d[self.lung_key] = _as_lung_field(bundle.segment(image), _source(d[key]), self.check)
         return d
 
 

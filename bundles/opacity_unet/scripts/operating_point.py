@@ -38,6 +38,16 @@ def read_fold(fold_dir: str | Path) -> dict[float, Rows]:
     return {float(run.parent.name.removeprefix(THRESHOLD_PREFIX)): read_severity_rows(run) for run in runs}
 
 
+def common_thresholds(folds: Sequence[Mapping[float, Rows]]) -> list[float]:
+    """The thresholds evaluated on every fold, ascending: only those can be pooled across folds."""
+    return sorted(set.intersection(*(set(fold) for fold in folds)))
+
+
+def pooled(folds: Sequence[Mapping[float, Rows]], threshold: float) -> Rows:
+    """The rows of all ``folds`` at ``threshold``."""
+    return [row for fold in folds for row in fold[threshold]]
+
+
 def iou_and_false_alarm(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
     """Mean IoU over the cases with opacity, and the clear lungs' mean predicted opacity % (NaN where none), as
     the severity report defines both."""
@@ -58,11 +68,10 @@ def choose_threshold(rows_by_threshold: Mapping[float, Sequence[Mapping[str, Any
 
 def nested_thresholds(folds: Sequence[Mapping[float, Rows]], max_clear_pct: float) -> list[float]:
     """For each fold, the threshold chosen on the pooled held-out cases of all the other folds."""
-    common = sorted(set.intersection(*(set(fold) for fold in folds)))
     chosen = []
     for held_out in range(len(folds)):
         others = [fold for index, fold in enumerate(folds) if index != held_out]
-        chosen.append(choose_threshold({t: [r for fold in others for r in fold[t]] for t in common}, max_clear_pct))
+        chosen.append(choose_threshold({t: pooled(others, t) for t in common_thresholds(folds)}, max_clear_pct))
     return chosen
 
 
@@ -72,8 +81,8 @@ def threshold_table(
     """Per threshold, pooled over the folds: IoU and Dice on cases with opacity, clear lungs' predicted opacity %
     (mean, p95), and Spearman with the radiologists, so a model card can show the whole trade-off."""
     table = []
-    for threshold in sorted(set.intersection(*(set(fold) for fold in folds))):
-        summary, _ = severity_summary([r for fold in folds for r in fold[threshold]], None, radiologist_scores)
+    for threshold in common_thresholds(folds):
+        summary, _ = severity_summary(pooled(folds, threshold), None, radiologist_scores)
         table.append(
             {
                 "threshold": threshold,
@@ -104,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     radiologist_scores = read_radiologist_scores(severity_csv) if severity_csv else None
     held_out_rows = [row for fold, threshold in zip(folds, per_fold, strict=True) for row in fold[threshold]]
     write_severity_report(held_out_rows, args.output_dir, metadata_csv, severity_csv)
-    all_folds = {t: [r for fold in folds for r in fold[t]] for t in set.intersection(*(set(f) for f in folds))}
+    all_folds = {t: pooled(folds, t) for t in common_thresholds(folds)}
     result = {
         "max_clear_pct": args.max_clear_pct,
         "per_fold": per_fold,

@@ -100,6 +100,16 @@ def test_several_sources_are_split_each_by_patient_and_tagged(tmp_path: Path) ->
         load_split(first, "train")
 
 
+def test_a_source_listed_twice_is_drawn_twice_as_often(tmp_path: Path) -> None:
+    """Repeating a source in ``dataset_dir`` is how a training oversamples it (lung_vae 0.4: covid_opacity four
+    times): its split is the same each time, so the repeat adds draws, never other cases."""
+    first = make_dataset(tmp_path / "first", cases=20, patients=10)
+    second = make_dataset(tmp_path / "second", cases=12)
+    once = load_split([first, second], "training")
+    twice = load_split([first, second, second], "training")
+    from_second = [e for e in once if e["source"] == "second"]
+    assert from_second and twice == once + from_second
+
 def test_exclude_drops_cases_by_metadata_after_the_split(tmp_path: Path) -> None:
     """Normal radiographs of a tuberculosis dataset: ``exclude={"tb": ["1"]}`` drops the TB cases from each split
     without moving any other case to another split; a source without a ``tb`` column loses nothing."""

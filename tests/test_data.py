@@ -110,6 +110,7 @@ def test_a_source_listed_twice_is_drawn_twice_as_often(tmp_path: Path) -> None:
     from_second = [e for e in once if e["source"] == "second"]
     assert from_second and twice == once + from_second
 
+
 def test_exclude_drops_cases_by_metadata_after_the_split(tmp_path: Path) -> None:
     """Normal radiographs of a tuberculosis dataset: ``exclude={"tb": ["1"]}`` drops the TB cases from each split
     without moving any other case to another split; a source without a ``tb`` column loses nothing."""

@@ -14,10 +14,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import monai
 import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, bundle_imports, train_bundle
+from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from monai.transforms import LoadImaged
 from PIL import Image
@@ -192,6 +194,69 @@ def test_encoder_init_copies_the_encoder_and_nothing_else(opacity_scripts, tmp_p
     assert encoder and others
     assert all(torch.all(after[k] == 0.125) for k in encoder if "running_var" not in k and "running_mean" not in k)
     assert all(torch.equal(after[k], before[k]) for k in others)
+
+
+def test_synthetic_opacity_paints_inside_the_lung_and_marks_what_it_painted(opacity_scripts) -> None:
+    """The painted region is the new target: inside the lung, about the coverage drawn, brighter there and
+    nowhere else; an existing target is kept; with prob 0 the clear lung passes unchanged."""
+    from scripts.synthetic_opacity import RandSyntheticOpacityd
+
+    lung = torch.zeros(1, 64, 80)
+    lung[:, 4:60, 6:36] = 1
+    lung[:, 4:60, 44:74] = 1
+    image = torch.full((1, 64, 80), 0.4) * lung
+    label = torch.zeros(1, 64, 80)
+    label[0, 50, 10] = 1
+    painter = RandSyntheticOpacityd(keys="image", prob=1.0, coverage=(0.3, 0.3), density=(0.5, 0.5))
+    painter.set_random_state(0)
+    out = painter({"image": image, "label": label, "lung": lung})
+    painted = (out["label"][0] > 0) & ~(label[0] > 0)
+    assert not (out["label"][0] > 0)[lung[0] == 0].any() and out["label"][0, 50, 10] == 1
+    assert painted.sum().item() / lung.sum().item() == pytest.approx(0.3, abs=0.02)
+    brighter = out["image"][0] > image[0] + 1e-6
+    assert brighter[painted].float().mean() == 1.0
+    assert out["image"][0][painted].max().item() == pytest.approx(0.4 + 0.5 * 0.6, abs=0.01)
+    assert torch.equal(out["image"][0][lung[0] == 0], image[0][lung[0] == 0])
+    untouched = RandSyntheticOpacityd(keys="image", prob=0.0)({"image": image, "label": label, "lung": lung})
+    assert torch.equal(untouched["image"], image) and torch.equal(untouched["label"], label)
+
+
+def test_synthetic_opacity_pretraining_paints_every_normal_radiograph_but_tb(
+    opacity_scripts, phantom_dir: Path, tmp_path: Path
+) -> None:
+    """pretrain_opacity.yaml: all normal radiographs without TB train (no split), and a training draw's target
+    is the opacity painted inside its lung field; real opacity cases validate."""
+    normals = clear_lung_dataset(phantom_dir, tmp_path / "normals")
+    parser = parsed(
+        ["train.yaml", "pretrain_opacity.yaml"], dataset_dir=[str(normals)], validation_dir=str(phantom_dir)
+    )
+    parser.update({"image_size": [64, 64], "synthetic_opacity#prob": 1.0})
+    cases = parser.get_parsed_content("train#opacity_cases")
+    assert len(cases) == sum(
+        1 for line in (normals / "metadata.csv").read_text().splitlines()[1:] if line.endswith(",0")
+    )
+    monai.utils.set_determinism(seed=0)
+    item = parser.get_parsed_content("train#preprocessing")(cases[0])
+    label, lung = np.asarray(item["label"])[0], np.asarray(item["lung"])[0]
+    assert label.any() and not label[lung == 0].any()
+    validation = parser.get_parsed_content("validate#dataset#data")
+    assert {e["source"] for e in validation} == {phantom_dir.name} and len(validation) == len(
+        list((phantom_dir / "images").iterdir())
+    )
+
+
+def test_init_weights_start_the_whole_network(opacity_scripts, tmp_path: Path) -> None:
+    """--init_weights: a training checkpoint's ``model`` entry loads into encoder and decoder alike when the
+    trainer starts (the synthetic-opacity pretraining's checkpoint starts the fine-tune)."""
+    donor = parsed("train.yaml").get_parsed_content("network_def")
+    for parameter in donor.parameters():
+        torch.nn.init.constant_(parameter, 0.125)
+    torch.save({"model": donor.state_dict(), "optimizer": {}}, tmp_path / "checkpoint.pt")
+    parser = parsed("train.yaml", init_weights=str(tmp_path / "checkpoint.pt"), device="$torch.device('cpu')")
+    network = parser.get_parsed_content("network")
+    loader = parser.get_parsed_content("train#init_weights_loader")
+    loader(Engine(lambda engine, batch: None))
+    assert all(torch.all(p == 0.125) for p in network.parameters())
 
 
 def test_cross_validation_folds_keep_patients_apart(covid_dir: Path, opacity_scripts) -> None:

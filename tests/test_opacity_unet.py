@@ -21,6 +21,7 @@ import torch
 from conftest import REPO_ROOT, bundle_imports, train_bundle
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
+from monai.inferers import SimpleInferer
 from monai.transforms import LoadImaged
 from PIL import Image
 from skimage.draw import ellipse
@@ -37,6 +38,7 @@ ZOO_MODEL_LIMIT = 25_000_000
 def opacity_scripts():
     """The bundle's ``scripts`` package, imported as MONAI imports it."""
     with bundle_imports(BUNDLE):
+        import scripts.inferers
         import scripts.lung_stage
         import scripts.network
         import scripts.operating_point
@@ -411,6 +413,16 @@ def test_configs_share_the_opacity_threshold() -> None:
     ).get_parsed_content("opacity_threshold")
 
 
+def test_evaluation_scores_with_the_inferer_of_inference(opacity_scripts) -> None:
+    """The cross-validation measured the flip-averaged network; inference must run the same, evaluation too,
+    while validation during training keeps the single pass."""
+    inference = parsed("inference.yaml").get_parsed_content("inferer")
+    evaluation = parsed(["train.yaml", "evaluate.yaml"]).get_parsed_content("validate#inferer")
+    assert isinstance(inference, opacity_scripts.inferers.FlipAveragingInferer)
+    assert type(evaluation) is type(inference) and evaluation.spatial_axes == inference.spatial_axes
+    assert isinstance(parsed("train.yaml").get_parsed_content("validate#inferer"), SimpleInferer)
+
+
 def test_roc_auc_and_curve_on_known_scores(opacity_scripts, tmp_path: Path) -> None:
     """ICU N, Y, N, Y for scores 1..4: 3 of the 4 positive/negative pairs are ordered right, AUC 0.75; the one
     death (score 2) outranks 1 of 3 survivors, AUC 1/3; a case with unknown outcomes is left out."""
@@ -732,3 +744,35 @@ def test_short_training_on_covid_opacity_lowers_loss_and_raises_dice(covid_dir: 
     )
     assert record.epoch_losses[-1] < 0.85 * record.epoch_losses[0], record.epoch_losses
     assert len(record.val_dice) == 11 and max(record.val_dice[1:]) > record.val_dice[0] + 0.03, record.val_dice
+
+
+def test_flip_averaging_gives_a_column_weighing_network_the_mean_of_both_orientations(opacity_scripts) -> None:
+    """The network multiplies column c by c; on its mirror image, flipped back, column c is multiplied by
+    (cols - 1 - c); the mean is (cols - 1) / 2 everywhere: 1.5 for 4 columns."""
+    column_weight = torch.arange(4.0)
+
+    def network(batch: torch.Tensor) -> torch.Tensor:
+        return batch * column_weight
+
+    batch = torch.ones(2, 1, 3, 4)
+    averaged = opacity_scripts.inferers.FlipAveragingInferer()(batch, network)
+    assert torch.equal(averaged, torch.full_like(batch, 1.5))
+    assert not torch.equal(SimpleInferer()(batch, network), averaged)
+
+
+def test_flip_averaging_leaves_a_mirror_symmetric_network_as_it_is(opacity_scripts) -> None:
+    network = torch.nn.Conv2d(1, 2, kernel_size=3, padding=1)
+    with torch.no_grad():
+        network.weight.copy_(network.weight + torch.flip(network.weight, [-1]))
+        batch = torch.rand(2, 1, 8, 6)
+        torch.testing.assert_close(opacity_scripts.inferers.FlipAveragingInferer()(batch, network), network(batch))
+
+
+def test_flip_averaging_flips_rows_when_asked(opacity_scripts) -> None:
+    row_weight = torch.arange(3.0)[:, None]
+
+    def network(batch: torch.Tensor) -> torch.Tensor:
+        return batch * row_weight
+
+    averaged = opacity_scripts.inferers.FlipAveragingInferer(spatial_axes=(-2,))(torch.ones(1, 1, 3, 4), network)
+    assert torch.equal(averaged, torch.ones(1, 1, 3, 4))

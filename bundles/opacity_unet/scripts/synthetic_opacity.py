@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
+from monai.utils import convert_to_dst_type
 from scipy import ndimage
 
 
@@ -111,7 +112,7 @@ class RandSyntheticOpacityd(RandomizableTransform, MapTransform):
         for key in self.key_iterator(d):
             image = np.asarray(d[key].detach().cpu())
             painted = np.stack([paint_opacity(c, region, lungs, self.drawn["density"], self.edge) for c in image])
-            d[key] = d[key].clone().copy_(torch.as_tensor(painted, dtype=d[key].dtype))
+            d[key] = convert_to_dst_type(painted, dst=d[key], dtype=d[key].dtype)[0]
         label = d[self.label_key]
         d[self.label_key] = torch.maximum(label, torch.as_tensor(region[None], dtype=label.dtype))
         return d

@@ -39,13 +39,16 @@ MIN_SIDE_SHARE = 0.05
 SPLIT_POSITION = (0.3, 0.7)
 
 
-def midline_column(lung: np.ndarray) -> int:
+def midline_column(lung: np.ndarray, centre: float | None = None) -> int:
     """Column separating the two lungs of a non-empty boolean lung field: the column with the fewest lung pixels
-    in the central 60 % of the field's width (the mediastinum), nearest the centre among equals.
+    in the central 60 % of the field's width (the mediastinum), nearest ``centre`` among equals (by default the
+    centre of the field's width).
 
     It falls in the gap between two separate lungs whatever their widths (a wide right lung, a shifted heart),
     and still gives a sensible split where the lungs touch across the mediastinum, where a rule based on
-    connected components would see one lung.
+    connected components would see one lung. A field that may hold more than the lungs (a network's raw output
+    with a "lung" in the dark air beside the chest) has several gaps; the caller that knows the image passes its
+    centre, near which the mediastinum lies, rather than the centre of whatever the field spans.
     """
     columns = np.nonzero(lung.any(axis=0))[0]
     first, last = int(columns[0]), int(columns[-1])
@@ -53,7 +56,8 @@ def midline_column(lung: np.ndarray) -> int:
     middle = np.arange(first + margin, last - margin + 1)
     profile = lung[:, middle].sum(axis=0)
     candidates = middle[profile == profile.min()]
-    centre = (first + last) / 2
+    if centre is None:
+        centre = (first + last) / 2
     return int(candidates[np.argmin(np.abs(candidates - centre))])
 
 

@@ -10,6 +10,7 @@ network's resolution (cheap there), before the label map is brought back to the 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +30,11 @@ def plausible_lungs(
 
     A component is dropped when its centroid lies in the top or bottom ``vertical_margin`` of the rows or the
     outer ``lateral_margin`` of the columns each side (shoulders, the abdomen, the arms), or when it has less
-    than ``min_relative_area`` of the largest component's area (specks). Of the rest, each side of the midline
-    (:func:`cxrseg.lungs.midline_column`, the rule the measurements use) keeps the component with the most
-    pixels on that side, so a blob beside a lung goes while a lung missing on one side leaves that side empty.
+    than ``min_relative_area`` of the largest component's area (specks). The rest are split at the midline
+    (:func:`cxrseg.lungs.midline_column`, the rule the measurements use, its gap taken nearest the image's centre
+    column), and each side keeps, of the components not lying wholly outside another one centred on that side
+    (:func:`lies_outside`), the one with the most pixels on that side: a blob beside a lung goes, and a lung
+    missing on one side leaves that side empty.
     """
     lung = np.asarray(lung, dtype=bool)
     components = connected_components(lung, connectivity=2)
@@ -39,22 +42,38 @@ def plausible_lungs(
     rows, cols = lung.shape
     largest = max((region.area for region in regions), default=0)
     candidates = [
-        region.label
+        region
         for region in regions
         if vertical_margin * rows <= region.centroid[0] < (1 - vertical_margin) * rows
         and lateral_margin * cols <= region.centroid[1] < (1 - lateral_margin) * cols
         and region.area >= min_relative_area * largest
     ]
-    field = np.isin(components, candidates)
+    field = np.isin(components, [region.label for region in candidates])
     if not field.any():
         return field
-    midline = midline_column(field)
+    midline = midline_column(field, centre=(cols - 1) / 2)
     kept = set()
-    for side in (components[:, :midline], components[:, midline:]):
-        counts = np.bincount(side[np.isin(side, candidates)], minlength=components.max() + 1)
-        if counts.any():
-            kept.add(int(counts.argmax()))
+    for side, outwards in ((components[:, :midline], -1), (components[:, midline:], 1)):
+        present = [region for region in candidates if (side == region.label).any()]
+        centred = [region for region in present if (region.centroid[1] < midline) == (outwards < 0)]
+        inner = [region for region in present if not any(lies_outside(region, other, outwards) for other in centred)]
+        if inner:
+            kept.add(max(inner, key=lambda region: int((side == region.label).sum())).label)
     return np.isin(components, sorted(kept))
+
+
+def lies_outside(region: Any, other: Any, outwards: int) -> bool:
+    """Whether the ``regionprops`` component ``region`` lies wholly beyond ``other``, a component of at least
+    half its area, in the direction ``outwards`` (-1: towards the image's left edge, 1: its right edge), over at
+    least half of its own height. Outside a lung at its own height there is chest wall, arm and the air beside
+    the chest, which a network that has learned "dark and smooth is lung" can call lung (seen on Montgomery: the
+    air between arm and chest, nearly as large as the lung, chosen over it). The conditions keep a sliver
+    between the lungs, or a blob in the abdomen beside a lung's lower tip, from pushing a whole lung out."""
+    top, left, bottom, right = region.bbox
+    other_top, other_left, other_bottom, other_right = other.bbox
+    shared_rows = min(bottom, other_bottom) - max(top, other_top)
+    beyond = right <= other_left if outwards < 0 else left >= other_right
+    return beyond and 2 * shared_rows >= bottom - top and 2 * other.area >= region.area
 
 
 class AnatomyFilterd(MapTransform):

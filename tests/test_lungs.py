@@ -35,6 +35,17 @@ def test_lungs_merged_across_the_mediastinum_split_at_the_narrowest_column() -> 
     assert sides["right"].sum() == 6 * 8 and sides["left"].sum() == 6 * 6 - 5
 
 
+def test_among_equal_gaps_the_split_is_the_one_nearest_the_given_centre() -> None:
+    """Three regions and two gaps (columns 20-29 and 60-69): by default the gap nearest the field's centre
+    (column 39.5), given the image's centre the gap nearest it."""
+    lung = np.zeros((10, 100), bool)
+    lung[:, 0:20] = True
+    lung[:, 30:60] = True
+    lung[:, 70:80] = True
+    assert midline_column(lung) == 29
+    assert midline_column(lung, centre=64.5) == 64
+
+
 def test_empty_field_has_two_empty_lungs() -> None:
     sides = lung_sides(np.zeros((8, 8), bool))
     assert set(sides) == {"right", "left"} and not sides["right"].any() and not sides["left"].any()

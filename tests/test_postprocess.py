@@ -10,6 +10,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import AsDiscreted, Compose, Invertd, Resized
 
+from cxrseg.lungs import midline_column
 from cxrseg.postprocess import AnatomyFilterd, ChannelArgmaxd, ScoresWithinLabelsd, plausible_lungs
 from cxrseg.transforms import FitResized
 
@@ -57,6 +58,45 @@ def test_third_component_is_dropped_and_each_side_keeps_its_largest() -> None:
     result = filtered(label, min_relative_area=0.0)
     np.testing.assert_array_equal(result, chest())
     assert plausible_lungs(label == LUNG, min_relative_area=0.0).sum() == (chest() == LUNG).sum()
+
+
+def test_blob_outside_a_lung_at_its_height_is_removed_though_larger() -> None:
+    """The air between arm and chest called lung, beside the right lung (image left) at the same height and
+    larger than it: area alone would keep the blob and drop the lung."""
+    label = np.zeros((100, 160), np.int64)
+    label[:, 30:130] = chest()
+    expected = label.copy()
+    label[20:80, 12:42] = LUNG  # 1,800 pixels against the lung's 1,620, centroid within the lateral margin
+    np.testing.assert_array_equal(filtered(label), expected)
+
+
+def test_a_lopsided_field_still_splits_at_the_mediastinum() -> None:
+    """Montgomery MCUCXR_0080_0 through attention_bcdunet 0.6: blobs in the air beside the chest on both sides,
+    the one on the image's right beyond the lateral margin. The remaining field's centre lies nearer the gap
+    between the left blob and the right lung than the mediastinum, which split there and kept the blob and the
+    right lung, dropping the left lung; the gap nearest the image's centre is the mediastinum."""
+    label = np.zeros((100, 200), np.int64)
+    label[20:80, 62:112] = LUNG
+    label[20:80, 125:160] = LUNG
+    label[55:80, 112:125] = HEART
+    expected = label.copy()
+    label[30:80, 10:50] = LUNG
+    label[30:80, 185:199] = LUNG
+    np.testing.assert_array_equal(filtered(label), expected)
+
+
+def test_a_lung_is_not_pushed_out_by_the_other_lung_reaching_across_the_split() -> None:
+    """Shenzhen CHNCXR_0455_1 through res_cr_net 0.5: a "lung" low in the abdomen fills the columns between the
+    lungs, so the split falls in the left lung's thin medial edge (column 151). The right lung lies wholly
+    outside that edge, but the left lung is centred on the other side and must not count against it."""
+    lung = np.zeros((256, 256), bool)
+    lung[36:162, 68:124] = True  # the patient's right lung
+    lung[35:126, 161:211] = True  # the left lung ...
+    lung[100:106, 144:161] = True  # ... with a thin medial edge
+    abdomen = np.zeros_like(lung)
+    abdomen[163:214, 100:151] = True
+    assert midline_column(lung | abdomen, centre=127.5) == 151
+    np.testing.assert_array_equal(plausible_lungs(lung | abdomen), lung)
 
 
 def test_specks_under_the_relative_area_are_dropped() -> None:

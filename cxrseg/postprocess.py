@@ -10,7 +10,6 @@ network's resolution (cheap there), before the label map is brought back to the 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +31,8 @@ def plausible_lungs(
     outer ``lateral_margin`` of the columns each side (shoulders, the abdomen, the arms), or when it has less
     than ``min_relative_area`` of the largest component's area (specks). The rest are split at the midline
     (:func:`cxrseg.lungs.midline_column`, the rule the measurements use, its gap taken nearest the image's centre
-    column), and each side keeps, of the components not lying wholly outside another one centred on that side
-    (:func:`lies_outside`), the one with the most pixels on that side: a blob beside a lung goes, and a lung
+    column), and each side keeps, of the components not lying outside another one centred on that side, row by
+    row (:func:`lies_outside`), the one with the most pixels on that side: a blob beside a lung goes, and a lung
     missing on one side leaves that side empty.
     """
     lung = np.asarray(lung, dtype=bool)
@@ -54,26 +53,39 @@ def plausible_lungs(
     midline = midline_column(field, centre=(cols - 1) / 2)
     kept = set()
     for side, outwards in ((components[:, :midline], -1), (components[:, midline:], 1)):
-        present = [region for region in candidates if (side == region.label).any()]
-        centred = [region for region in present if (region.centroid[1] < midline) == (outwards < 0)]
-        inner = [region for region in present if not any(lies_outside(region, other, outwards) for other in centred)]
+        present = {region.label: components == region.label for region in candidates if (side == region.label).any()}
+        centred = [
+            region.label
+            for region in candidates
+            if region.label in present and (region.centroid[1] < midline) == (outwards < 0)
+        ]
+        inner = [
+            label
+            for label, mask in present.items()
+            if not any(lies_outside(mask, present[other], outwards) for other in centred)
+        ]
         if inner:
-            kept.add(max(inner, key=lambda region: int((side == region.label).sum())).label)
+            kept.add(max(inner, key=lambda label: int((side == label).sum())))
     return np.isin(components, sorted(kept))
 
 
-def lies_outside(region: Any, other: Any, outwards: int) -> bool:
-    """Whether the ``regionprops`` component ``region`` lies wholly beyond ``other``, a component of at least
-    half its area, in the direction ``outwards`` (-1: towards the image's left edge, 1: its right edge), over at
-    least half of its own height. Outside a lung at its own height there is chest wall, arm and the air beside
-    the chest, which a network that has learned "dark and smooth is lung" can call lung (seen on Montgomery: the
-    air between arm and chest, nearly as large as the lung, chosen over it). The conditions keep a sliver
-    between the lungs, or a blob in the abdomen beside a lung's lower tip, from pushing a whole lung out."""
-    top, left, bottom, right = region.bbox
-    other_top, other_left, other_bottom, other_right = other.bbox
-    shared_rows = min(bottom, other_bottom) - max(top, other_top)
-    beyond = right <= other_left if outwards < 0 else left >= other_right
-    return beyond and 2 * shared_rows >= bottom - top and 2 * other.area >= region.area
+def lies_outside(mask: np.ndarray, other: np.ndarray, outwards: int) -> bool:
+    """Whether the component ``mask`` lies beyond the component ``other`` (boolean masks of one image), which
+    has at least half its area, in the direction ``outwards`` (-1: towards the image's left edge, 1: its right
+    edge) in every row both hold, and they share at least half of ``mask``'s rows. Outside a lung at its own
+    height there is chest wall, arm and the air beside the chest, which a network that has learned "dark and
+    smooth is lung" can call lung (seen on Montgomery: the air between arm and chest, nearly as large as the
+    lung, chosen over it). Row by row, not by bounding box, so that it holds on a tilted radiograph. The
+    conditions keep a sliver between the lungs, or a blob in the abdomen beside a lung's lower tip, from pushing
+    a whole lung out."""
+    rows = mask.any(axis=1)
+    shared = rows & other.any(axis=1)
+    if 2 * int(shared.sum()) < int(rows.sum()) or 2 * int(other.sum()) < int(mask.sum()):
+        return False
+    last_column = mask.shape[1] - 1
+    if outwards < 0:
+        return bool(np.all(last_column - mask[shared, ::-1].argmax(axis=1) < other[shared].argmax(axis=1)))
+    return bool(np.all(mask[shared].argmax(axis=1) > last_column - other[shared, ::-1].argmax(axis=1)))
 
 
 class AnatomyFilterd(MapTransform):

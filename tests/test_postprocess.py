@@ -70,6 +70,22 @@ def test_blob_outside_a_lung_at_its_height_is_removed_though_larger() -> None:
     np.testing.assert_array_equal(filtered(label), expected)
 
 
+def test_blob_outside_a_tilted_lung_is_removed_row_by_row() -> None:
+    """The same radiograph tilted by 10 degrees (``python -m tools robustness``): lung and blob lean, so their
+    bounding boxes overlap in columns although the blob lies outside the lung in every row they share."""
+    label = np.zeros((100, 140), np.int64)
+    for row in range(20, 80):
+        shift = (row - 20) // 4
+        label[row, 50 - shift : 77 - shift] = LUNG
+    label[20:80, 90:117] = LUNG
+    label[55:80, 77:90] = HEART
+    expected = label.copy()
+    for row in range(25, 85):
+        shift = (row - 20) // 4
+        label[row, 15 - shift : 45 - shift] = LUNG  # 1,800 pixels against the lung's 1,620
+    np.testing.assert_array_equal(filtered(label), expected)
+
+
 def test_a_lopsided_field_still_splits_at_the_mediastinum() -> None:
     """Montgomery MCUCXR_0080_0 through attention_bcdunet 0.6: blobs in the air beside the chest on both sides,
     the one on the image's right beyond the lateral margin. The remaining field's centre lies nearer the gap

@@ -51,9 +51,10 @@ def plausible_lungs(
     if not field.any():
         return field
     midline = midline_column(field, centre=(cols - 1) / 2)
+    masks = {region.label: components == region.label for region in candidates}
     kept = set()
     for side, outwards in ((components[:, :midline], -1), (components[:, midline:], 1)):
-        present = {region.label: components == region.label for region in candidates if (side == region.label).any()}
+        present = [label for label in masks if (side == label).any()]
         centred = [
             region.label
             for region in candidates
@@ -61,8 +62,8 @@ def plausible_lungs(
         ]
         inner = [
             label
-            for label, mask in present.items()
-            if not any(lies_outside(mask, present[other], outwards) for other in centred)
+            for label in present
+            if not any(lies_outside(masks[label], masks[other], outwards) for other in centred)
         ]
         if inner:
             kept.add(max(inner, key=lambda label: int((side == label).sum())))

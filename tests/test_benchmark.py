@@ -1,5 +1,6 @@
-"""The benchmark (``python -m tools benchmark``): its report's Markdown tables from the records of its runs, the
-facts it reads from the bundles, and the shape of ``tools/`` (one command line, no import cycle)."""
+"""The benchmark (``python -m benchmarks benchmark``): its report's Markdown tables from the records of its runs,
+the facts it reads from the bundles, and the shape of ``tools/`` and ``benchmarks/`` (one command line each, no
+import cycle)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import BUNDLES_DIR, REPO_ROOT, bundle_names
 
-from tools.__main__ import COMMANDS, load_command
-from tools.budgets import (
+from benchmarks.__main__ import COMMANDS as BENCHMARK_COMMANDS
+from benchmarks.budgets import (
     BUDGETS,
     SPLIT_ID,
     dataset_of,
@@ -22,7 +23,10 @@ from tools.budgets import (
     lung_stage_bundle,
     lung_stage_overrides,
 )
-from tools.report import markdown
+from benchmarks.report import markdown
+from tools.__main__ import COMMANDS, load_command
+
+ENTRY_POINTS = {"tools": COMMANDS, "benchmarks": BENCHMARK_COMMANDS}
 
 
 def stats(mean: float, sd: float = 0.1, worst: float = 0.0) -> dict:
@@ -146,16 +150,18 @@ def test_lung_stage_comes_from_the_inference_config(tmp_path) -> None:
 def test_plots_do_not_import_the_benchmark() -> None:
     """The figures read a finished run; importing them must not pull in the benchmark (they used to import each
     other)."""
-    code = "import sys, tools.plots; print(sorted(m for m in sys.modules if m.startswith('tools')))"
+    code = "import sys, benchmarks.plots; print(sorted(m for m in sys.modules if m.startswith('benchmarks')))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
-    assert "tools.benchmark" not in result.stdout and "tools.plots" in result.stdout
+    assert "benchmarks.benchmark" not in result.stdout and "benchmarks.plots" in result.stdout
 
 
-def test_every_tool_runs_through_python_m_tools() -> None:
-    """Each module of tools/ with an entry point of its own (a ``__main__`` guard) or a command is reached
-    through ``python -m tools``, and every registered command names a function or a dict of them."""
-    registered = {target.split(":")[0] for target in COMMANDS.values()}
-    for module in sorted((REPO_ROOT / "tools").glob("*.py")):
+@pytest.mark.parametrize("package", sorted(ENTRY_POINTS))
+def test_every_tool_runs_through_python_m(package: str) -> None:
+    """Each module of tools/ and benchmarks/ with an entry point of its own (a ``__main__`` guard) or a command
+    is reached through ``python -m <package>``, and every registered command names a function or a dict of them."""
+    commands = ENTRY_POINTS[package]
+    registered = {target.split(":")[0] for target in commands.values()}
+    for module in sorted((REPO_ROOT / package).glob("*.py")):
         if module.name == "__main__.py":
             continue
         tree = ast.parse(module.read_text(encoding="utf-8"))
@@ -163,17 +169,27 @@ def test_every_tool_runs_through_python_m_tools() -> None:
             node for node in ast.walk(tree) if isinstance(node, ast.Compare) and "__main__" in ast.unparse(node)
         ]
         if main_guards:
-            assert f"tools.{module.stem}" in registered, (
-                f"{module.name} runs on its own but not through python -m tools"
+            assert f"{package}.{module.stem}" in registered, (
+                f"{module.name} runs on its own but not through python -m {package}"
             )
-    assert {"tools.bench_strauss", "tools.bench_memory", "tools.benchmark", "tools.synthetic"} <= registered
-    for target in COMMANDS.values():
+    for target in commands.values():
         assert callable(load_command(target)) or isinstance(load_command(target), dict), target
+    assert all(target.startswith(f"{package}.") for target in commands.values())
+
+
+def test_registered_commands() -> None:
+    assert {"benchmarks.strauss", "benchmarks.memory", "benchmarks.benchmark"} <= {
+        target.split(":")[0] for target in BENCHMARK_COMMANDS.values()
+    }
+    assert {"tools.synthetic", "tools.prepare", "tools.package", "tools.export"} <= {
+        target.split(":")[0] for target in COMMANDS.values()
+    }
 
 
 def test_strauss_command_runs_importing_only_its_own_module() -> None:
-    """A command imports only its module: the GPU machine lacks what other commands import (matplotlib, skimage)."""
-    command = [sys.executable, "-m", "tools", "strauss", "--rows", "64", "--cols", "48", "--repeats", "2"]
+    """A command imports only its module, so each needs only its own packages (matplotlib, skimage are the
+    benchmark's and the readers')."""
+    command = [sys.executable, "-m", "benchmarks", "strauss", "--rows", "64", "--cols", "48", "--repeats", "2"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "speed-up" in result.stdout and "sample_strauss" in result.stdout
@@ -182,12 +198,13 @@ def test_strauss_command_runs_importing_only_its_own_module() -> None:
         "import tools.__main__ as entry\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    entry.main(['datalist', '--help'])\n"
-        "print(sorted(m for m in sys.modules if m.startswith('tools.')))"
+        "print(sorted(m for m in sys.modules if m.startswith(('tools.', 'benchmarks'))))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert "tools.prepare" in loaded.stdout and "tools.benchmark" not in loaded.stdout, loaded.stdout + loaded.stderr
+    assert "tools.prepare" in loaded.stdout and "benchmarks" not in loaded.stdout, loaded.stdout + loaded.stderr
 
 
-def test_help_lists_every_command() -> None:
-    result = subprocess.run([sys.executable, "-m", "tools", "--help"], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert all(name in result.stdout + result.stderr for name in COMMANDS)
+@pytest.mark.parametrize("package", sorted(ENTRY_POINTS))
+def test_help_lists_every_command(package: str) -> None:
+    result = subprocess.run([sys.executable, "-m", package, "--help"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert all(name in result.stdout + result.stderr for name in ENTRY_POINTS[package])

@@ -13,8 +13,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from tools.__main__ import COMMANDS
-from tools.compare_training import (
+from benchmarks.__main__ import COMMANDS
+from benchmarks.compare_training import (
     EpochRecorder,
     measure_reference,
     missing_ids,
@@ -23,7 +23,7 @@ from tools.compare_training import (
     table,
     time_to_target,
 )
-from tools.timing import timer_config
+from benchmarks.timing import timer_config
 
 
 def record(epoch: int, minutes: float, dice: float | None) -> dict:
@@ -96,12 +96,12 @@ def test_epoch_recorder_writes_each_epochs_validation_learning_rate_and_images(t
 
 
 def test_the_recorder_config_names_the_trainer_and_the_evaluator(tmp_path: Path) -> None:
-    from tools.compare_training import recorder_config
+    from benchmarks.compare_training import recorder_config
 
     config = json.loads(recorder_config(tmp_path).read_text())
     plain = json.loads(timer_config(tmp_path / "t.json", "train#trainer", tmp_path / "timing.json", True).read_text())
     assert config["initialize"] == plain["initialize"]
-    assert config["benchmark_timer"]["_target_"] == "tools.compare_training.EpochRecorder"
+    assert config["benchmark_timer"]["_target_"] == "benchmarks.compare_training.EpochRecorder"
     assert config["benchmark_timer"]["evaluator"] == "@validate#evaluator"
     assert "compare_training" in COMMANDS
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import BUNDLES_DIR, bundle_names
 
-from tools.bundle_runs import monai_run
+from benchmarks.bundle_runs import monai_run
 
 SMALLEST_BUNDLE = "res_cr_net"
 RUN_TIMEOUT_S = 900

@@ -137,7 +137,7 @@ RULES = (
     ),
     # The unseen hospital as other hospitals show it
     Rule(
-        r"python -m tools robustness --out /tmp/cxrseg-robustness",
+        r"python -m benchmarks robustness --out /tmp/cxrseg-robustness",
         shorten=(
             (
                 "--out /tmp/cxrseg-robustness",
@@ -209,16 +209,6 @@ RULES = (
         slow=True,
         expect=("runs/lung_vae/eval/*",),
     ),
-    # Training on a lent GPU
-    Rule(
-        r"python -m tools\.gpu_train carry ",
-        skip="copies wheels and ../shared/data into .gpu/ for the device machine (what the device call carries)",
-    ),
-    Rule(r"python -m tools\.gpu_train device_command"),
-    Rule(
-        r"python -m tools\.gpu_train train --tiny",
-        skip="tests/test_gpu_train.py runs this dry run and checks the weights and logs it brings back",
-    ),
     # Multi-GPU and multi-node training
     Rule(
         r"torchrun --nproc_per_node 8 -m monai\.bundle run .*multi_gpu_train\.yaml",
@@ -231,20 +221,20 @@ RULES = (
     ),
     # Benchmark
     Rule(
-        r"python -m tools benchmark --budget shipped ",
+        r"python -m benchmarks benchmark --budget shipped",
         shorten=(("--budget shipped", f"--budget shipped {SMALL_BENCHMARK}"),),
         why=f"{GENERIC_BUNDLE} alone, on 16 phantoms, no plots",
         slow=True,
     ),
     Rule(
-        r"python -m tools benchmark --budget quick ",
+        r"python -m benchmarks benchmark --budget quick",
         shorten=(("--budget quick", f"--budget quick {SMALL_BENCHMARK} --compare_cache false"),),
         why=f"{GENERIC_BUNDLE} alone, on 16 phantoms, no plots",
         slow=True,
     ),
-    Rule(r"python -m tools benchmark --budget paper ", skip="the papers' settings: hours, meant for a GPU"),
+    Rule(r"python -m benchmarks benchmark --budget paper", skip="the papers' settings: hours, meant for a GPU"),
     Rule(
-        r"python -m tools memory ",
+        r"python -m benchmarks memory ",
         shorten=(
             (
                 "--bundle res_cr_net",
@@ -255,8 +245,8 @@ RULES = (
         slow=True,
     ),
     Rule(
-        r"python -m tools strauss",
-        shorten=(("python -m tools strauss", "python -m tools strauss --repeats 3"),),
+        r"python -m benchmarks strauss",
+        shorten=(("python -m benchmarks strauss", "python -m benchmarks strauss --repeats 3"),),
         why="3 repeats",
     ),
 )

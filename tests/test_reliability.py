@@ -32,9 +32,9 @@ from badinputs import (
 from conftest import BUNDLES_DIR, REPO_ROOT, bundle_names, save_untrained_weights
 from PIL import Image
 
+from benchmarks.budgets import lung_stage_bundle, lung_stage_overrides, shipped_lung_weights
+from benchmarks.bundle_runs import monai_run, subprocess_env
 from cxrseg.io import read_radiograph
-from tools.budgets import lung_stage_bundle, lung_stage_overrides, shipped_lung_weights
-from tools.bundle_runs import monai_run, subprocess_env
 
 INFERENCE_TIMEOUT_S = 900
 # images with no anatomy at all: a two-stage bundle rightly reports that its lung stage found no lung there, or

@@ -25,8 +25,8 @@ import pytest
 import torch
 from conftest import BUNDLES_DIR, REPO_ROOT
 
+from benchmarks.bundle_runs import monai_run, override_arguments, parse_bundle_config, subprocess_env
 from cxrseg.bundle import bundle_imports
-from tools.bundle_runs import monai_run, override_arguments, parse_bundle_config, subprocess_env
 
 BUNDLE = "res_cr_net"
 EPOCHS = 4

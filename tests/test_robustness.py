@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.robustness import SHIFTS, robustness, shifted_case, write_shifted_dataset
 from cxrseg.data import discover_cases
 from cxrseg.io import read_radiograph
-from tools.robustness import SHIFTS, robustness, shifted_case, write_shifted_dataset
 
 GEOMETRIC = ("wide field of view", "tilted, off-centre")
 INTENSITY = ("grey", "noise and blur", "marks and borders")

@@ -4,9 +4,10 @@ To add a command, write a function with a docstring (it becomes the ``--help`` t
 ``tools/`` and add one line ``"name": "tools.module:function"`` below (or ``"tools.module:COMMANDS"`` for a dict
 of subcommands). A command reports failure by raising ``SystemExit(code)`` after printing what went wrong.
 
-Only the module of the command that runs is imported, so each command needs only its own packages: the GPU
-training runs on a machine that has torch and MONAI's core but not what the benchmark's plots or the data
-preparation import. ``python -m tools --help`` imports them all to list them.
+Only the module of the command that runs is imported, so each command needs only its own packages (the data
+preparation's readers, for instance, are not imported by ``export``). ``python -m tools --help`` imports them all
+to list them. The benchmarks and studies have their own entry point, ``python -m benchmarks``, which uses
+:func:`main` with its own commands.
 """
 
 from __future__ import annotations
@@ -25,15 +26,7 @@ COMMANDS = {
     "package": "tools.package:package",
     "bundle_hashes": "tools.bundle_hashes:bundle_hashes",
     "export": "tools.export:export",
-    "benchmark": "tools.benchmark:main",
-    "memory": "tools.bench_memory:memory",
-    "strauss": "tools.bench_strauss:strauss",
-    "backends": "tools.bench_backends:backends",
-    "compare_inference": "tools.compare_inference:COMMANDS",
-    "compare_training": "tools.compare_training:COMMANDS",
-    "gpu_train": "tools.gpu_train:COMMANDS",
     "average_weights": "tools.average_weights:average_weights",
-    "robustness": "tools.robustness:robustness",
 }
 
 
@@ -43,12 +36,14 @@ def load_command(target: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def main(arguments: list[str]) -> None:
+def main(arguments: list[str], commands: dict[str, str] = COMMANDS, program: str = "tools") -> None:
+    """Run ``python -m <program> <command> ...``, importing only the module of ``command`` (all of them for
+    ``--help``)."""
     name = arguments[0] if arguments else None
-    if name in COMMANDS:
-        fire.Fire(load_command(COMMANDS[name]), command=arguments[1:], name=f"tools {name}")
+    if name in commands:
+        fire.Fire(load_command(commands[name]), command=arguments[1:], name=f"{program} {name}")
     else:
-        fire.Fire({command: load_command(target) for command, target in COMMANDS.items()}, arguments, "tools")
+        fire.Fire({command: load_command(target) for command, target in commands.items()}, arguments, program)
 
 
 if __name__ == "__main__":

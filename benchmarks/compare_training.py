@@ -1,4 +1,4 @@
-"""Time to accuracy of training on CPU: "before" against "after", side by side in one run (issue 11, item 5).
+"""Time to accuracy of training on CPU: "before" against "after", side by side in one run.
 
 ``recipes``: for each bundle, two ``monai.bundle run`` trainings of its ``train.yaml`` start together, one core
 each (``OMP_NUM_THREADS=1``, no loader workers), on the same dataset, image size, epoch cap and wall-clock cap,
@@ -6,7 +6,7 @@ so that both see the same load on a shared machine. "Before" is the bundle of an
 plain folder such as ``git worktree add /tmp/old-0.1 361dfcf``) with its own defaults, or, without ``--old``,
 this checkout's bundle with the paper's recipe (:data:`PAPER_RECIPES`: the flat learning rate of the paper,
 channels-first memory). "After" is this checkout's bundle with its defaults. A
-:class:`~tools.timing.StepTimer` on the trainer (:class:`EpochRecorder`, added through the same override
+:class:`~benchmarks.timing.StepTimer` on the trainer (:class:`EpochRecorder`, added through the same override
 config as the benchmark's timer) appends after every epoch the validation metrics (``val_mean_dice``, the
 key metric every version logs, and ``val_dice/<source>`` where the version has them), the wall time, the
 learning rate and that epoch's training img/s to ``records.jsonl``. Reported per bundle: training img/s
@@ -20,9 +20,9 @@ size and input, alternating in one process. The published code is imported only 
 checkout (or a copy of ``models/VAE.py`` in a ``models/`` folder) outside this repository.
 
     git worktree add /tmp/old-0.1 361dfcf
-    python -m tools compare_training recipes --old /tmp/old-0.1 --out /tmp/cxrseg-speed --target_dice 0.9
-    python -m tools compare_training recipes --out /tmp/cxrseg-speed-paper     # the paper's recipes as "before"
-    python -m tools compare_training reference_lungvae --reference_repo /tmp/lungVAE --out /tmp/cxrseg-speed
+    python -m benchmarks compare_training recipes --old /tmp/old-0.1 --out /tmp/cxrseg-speed --target_dice 0.9
+    python -m benchmarks compare_training recipes --out /tmp/cxrseg-speed-paper     # the paper's recipes as "before"
+    python -m benchmarks compare_training reference_lungvae --reference_repo /tmp/lungVAE --out /tmp/cxrseg-speed
 """
 
 from __future__ import annotations
@@ -38,8 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.bundle_runs import BUNDLES_DIR, REPO_ROOT, override_arguments, read_bundle_yaml, read_json, subprocess_env
-from tools.timing import StepTimer, timer_config
+from benchmarks.bundle_runs import (
+    BUNDLES_DIR,
+    REPO_ROOT,
+    override_arguments,
+    read_bundle_yaml,
+    read_json,
+    subprocess_env,
+)
+from benchmarks.timing import StepTimer, timer_config
 
 BUNDLES = ("lung_vae", "res_cr_net", "attention_bcdunet")
 
@@ -112,7 +119,7 @@ class EpochRecorder(StepTimer):
 
 
 def recorder_config(run_dir: Path) -> Path:
-    """The benchmark's timer override config (:func:`~tools.timing.timer_config`, seeded, on the trainer), with
+    """The benchmark's timer override config (:func:`~benchmarks.timing.timer_config`, seeded, on the trainer), with
     the :class:`EpochRecorder` in place of the plain timer."""
     path = timer_config(run_dir / "recorder.json", "train#trainer", run_dir / TIMING, seeded=True)
     config = json.loads(path.read_text(encoding="utf-8"))
@@ -316,7 +323,7 @@ def recipes(
     length of the half-cosine schedule; ``max_minutes`` stops both trainings of a bundle. ``before`` / ``after``:
     extra overrides of that side, e.g. ``--after "{'warmup_steps': 50}"``. Writes ``<out>/compare_training.json``
     and prints the table; the runs (logs, ``records.jsonl``) are in ``<out>/<bundle>/<side>``."""
-    from tools.budgets import dataset_of
+    from benchmarks.budgets import dataset_of
 
     out_dir = Path(out).resolve()
     old_root = Path(old).resolve() if old else None

@@ -1,4 +1,4 @@
-"""The benchmark's report: the Markdown tables README shows, written from the records of the bundle runs.
+"""The benchmark's report: the Markdown tables of docs/results-log.md, written from the records of the bundle runs.
 
 Pure formatting: everything comes from the records (``benchmark.json``), so a report can be rewritten from a
 finished run, and tested without running anything.
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.budgets import BUDGETS, LARGE_SIDE
+from benchmarks.budgets import BUDGETS, LARGE_SIDE
 
 
 def _stat(stats: Mapping[str, Any] | None, digits: int) -> str:
@@ -70,7 +70,7 @@ def severity_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def markdown(records: Sequence[Mapping[str, Any]], budget_name: str, started: str) -> str:
-    """The README's results tables: accuracy per structure, then speed and memory per bundle."""
+    """The results tables: accuracy per structure, then speed and memory per bundle."""
     devices = sorted({(r.get("train") or r.get("infer") or {}).get("device_name", "?") for r in records})
     lines = [
         f"Budget `{budget_name}` ({BUDGETS[budget_name].description}); scored on held-out cases "

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bundle_runs import SHARED_DATA, parse_bundle_config, read_bundle_yaml, read_metadata
 from cxrseg.settings import settings_path
-from tools.bundle_runs import SHARED_DATA, parse_bundle_config, read_bundle_yaml, read_metadata
 
 LARGE_SIDE = 2048
 # every evaluate.yaml names the split it scores with this id
@@ -113,7 +113,7 @@ def shipped_settings(bundle_dir: Path) -> dict[str, Any]:
     """Overrides for evaluating the shipped ``models/model.pt`` through ``train.yaml`` + ``evaluate.yaml`` at the
     settings it was trained with: none where its settings file records them (``evaluate.yaml`` reads it), else
     the ``image_size`` its ``inference.yaml`` states (checkouts from before the settings files, which
-    ``python -m tools compare_inference`` also runs)."""
+    ``python -m benchmarks compare_inference`` also runs)."""
     if settings_path(bundle_dir / "models" / "model.pt").is_file():
         return {}
     return {"image_size": read_bundle_yaml(bundle_dir, "inference.yaml")["image_size"]}

@@ -1,7 +1,7 @@
 """Training memory and step time of one bundle under variants of its config, measured side by side.
 
 Each variant trains a few steps in its own ``python -m monai.bundle run`` process (peak memory is a property
-of the process), with :class:`tools.timing.StepTimer` on the trainer, one after the other in one call so
+of the process), with :class:`benchmarks.timing.StepTimer` on the trainer, one after the other in one call so
 the figures compare with each other on a shared machine. The first step is left out of the step time.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tools.bundle_runs import BUNDLES_DIR, SHARED_DATA, monai_run, output_tail, read_json
-from tools.timing import timer_config
+from benchmarks.bundle_runs import BUNDLES_DIR, SHARED_DATA, monai_run, output_tail, read_json
+from benchmarks.timing import timer_config
 
 DEFAULT_VARIANTS = {
     "default": {},

@@ -1,4 +1,4 @@
-"""Speed of the ONNX Runtime backend against eager PyTorch: ``python -m tools backends``.
+"""Speed of the ONNX Runtime backend against eager PyTorch: ``python -m benchmarks backends``.
 
 Both backends run the bundle's own ``inference.yaml`` over the same folder, one after the other in one process
 with the same thread count, so the figures differ only by the backend: images per second from the evaluator's

@@ -1,4 +1,4 @@
-"""Figures of a benchmark run (``python -m tools benchmark``): training curves, per-case Dice box plots, worst cases.
+"""Figures of a benchmark run (``python -m benchmarks benchmark``): training curves, per-case Dice, worst cases.
 
 Everything is read back from the files the bundle runs wrote (TensorBoard events, ``metrics_per_case.csv``,
 ``<stem>_seg.png``), so the figures can be redrawn from a finished run without training again.
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from tools.bundle_runs import BUNDLES_DIR, read_bundle_yaml, scored_cases
+from benchmarks.bundle_runs import BUNDLES_DIR, read_bundle_yaml, scored_cases
 
-LOG = logging.getLogger("tools.plots")
+LOG = logging.getLogger("benchmarks.plots")
 WORST_PER_BUNDLE = 3
 
 

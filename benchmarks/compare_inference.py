@@ -1,16 +1,16 @@
 """Compare the inference of two checkouts of this repository, bundle by bundle, side by side in one run.
 
 ``speed``: milliseconds per 2048 x 2048 radiograph, end to end in a ``monai.bundle run`` process (read to
-written outputs, the benchmark's :class:`~tools.timing.StepTimer`), old and new checkout alternating so that
+written outputs, the benchmark's :class:`~benchmarks.timing.StepTimer`), old and new checkout alternating so that
 both see the same load on a shared machine. ``dice``: the same held-out evaluation (``train.yaml`` +
 ``evaluate.yaml`` on the shipped weights, the cases the benchmark scores) in both checkouts. ``anatomy``: the
 lung Dice of this checkout with and without the anatomy post-processing (``cxrseg/postprocess.py``), per source.
 
 The old checkout is a plain folder, e.g. ``git archive main | tar -x -C /tmp/old``::
 
-    python -m tools compare_inference speed --old /tmp/old --out /tmp/cmp
-    python -m tools compare_inference dice --old /tmp/old --out /tmp/cmp
-    python -m tools compare_inference anatomy --out /tmp/cmp
+    python -m benchmarks compare_inference speed --old /tmp/old --out /tmp/cmp
+    python -m benchmarks compare_inference dice --old /tmp/old --out /tmp/cmp
+    python -m benchmarks compare_inference anatomy --out /tmp/cmp
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from tools.benchmark import large_inputs
-from tools.budgets import dataset_of, held_out_overrides, shipped_settings
-from tools.budgets import held_out as held_out_cases
-from tools.bundle_runs import BUNDLES_DIR, REPO_ROOT, SHARED_DATA, override_arguments
-from tools.timing import timer_config
+from benchmarks.benchmark import large_inputs
+from benchmarks.budgets import dataset_of, held_out_overrides, shipped_settings
+from benchmarks.budgets import held_out as held_out_cases
+from benchmarks.bundle_runs import BUNDLES_DIR, REPO_ROOT, SHARED_DATA, override_arguments
+from benchmarks.timing import timer_config
 
 BUNDLES = ("lung_vae", "attention_bcdunet", "res_cr_net", "opacity_unet")
 
 
 def _run(root: Path, configs: Sequence[Path], overrides: Mapping[str, Any], threads: int, log: Path) -> None:
-    """``monai.bundle run`` of ``configs`` inside checkout ``root`` (its ``tools`` and bundle code importable)."""
+    """``monai.bundle run`` of ``configs`` inside checkout ``root`` (its ``benchmarks`` and bundle code importable)."""
     import os
 
     bundle_dir = Path(configs[0]).parents[1]
@@ -50,11 +50,13 @@ def _run(root: Path, configs: Sequence[Path], overrides: Mapping[str, Any], thre
 
 def _timer(root: Path, run_dir: Path) -> Path:
     """The step timer's override config for a run in checkout ``root``, naming the timer where that checkout has
-    it (``tools.benchmark.StepTimer`` in a checkout from before the benchmark's split into modules)."""
+    it: ``benchmarks/timing.py``, ``tools/timing.py`` before the benchmarks left ``tools/``, or
+    ``tools.benchmark.StepTimer`` before the benchmark's split into modules."""
     path = timer_config(run_dir / "timer.json", "evaluator", run_dir / "timing.json", False)
-    if not (root / "tools" / "timing.py").is_file():
+    if not (root / "benchmarks" / "timing.py").is_file():
+        target = "tools.timing.StepTimer" if (root / "tools" / "timing.py").is_file() else "tools.benchmark.StepTimer"
         config = json.loads(path.read_text(encoding="utf-8"))
-        config["benchmark_timer"]["_target_"] = "tools.benchmark.StepTimer"
+        config["benchmark_timer"]["_target_"] = target
         path.write_text(json.dumps(config, indent=1), encoding="utf-8")
     return path
 

@@ -1,18 +1,17 @@
 """Lung Dice of the shipped weights on a source no bundle trained on, as it is and as other hospitals show it.
 
-We are judged on archives this project does not hold; issue 11 names how they differ from ours: grey,
-low-contrast exposures (where attention_bcdunet 0.1 fell to 0.64), wide fields of view with small lungs,
-tilted or off-centre patients, other detectors' noise and blur, burned-in text, markers and borders. Guessing
-at those archives is not allowed, but each difference can be put onto radiographs we do hold, with their
-masks moved along where the geometry changes. Each shift here is one fixed, strong setting (not a random
-draw), at or past the edge of the range that the training's hospital augmentation
+Other hospitals' archives differ from the public ones in known ways: grey, low-contrast exposures (where
+attention_bcdunet 0.1 fell to 0.64), wide fields of view with small lungs, tilted or off-centre patients, other
+detectors' noise and blur, burned-in text, markers and borders. Each difference can be put onto radiographs we
+do hold, with their masks moved along where the geometry changes. Each shift here is one fixed, strong setting
+(not a random draw), at or past the edge of the range that the training's hospital augmentation
 (``cxrseg/appearance.py``) draws, so that the table says how much of that invariance the weights learnt.
 
 Every shifted copy is a prepared dataset written under ``--out`` (derived data: never inside the repository),
 scored by the bundle's own ``train.yaml`` + ``evaluate.yaml`` on all its cases, anatomy post-processing on::
 
-    python -m tools robustness --out /tmp/cxrseg-robustness
-    python -m tools robustness --bundles "['res_cr_net']" --shifts "['as is','grey']" --limit 20
+    python -m benchmarks robustness --out /tmp/cxrseg-robustness
+    python -m benchmarks robustness --bundles "['res_cr_net']" --shifts "['as is','grey']" --limit 20
 """
 
 from __future__ import annotations
@@ -35,11 +34,11 @@ from monai.transforms import (
 )
 from PIL import Image
 
+from benchmarks.bundle_runs import REPO_ROOT, SHARED_DATA
+from benchmarks.compare_inference import evaluate
 from cxrseg.appearance import RandBorderd, RandBurnedInMarksd
 from cxrseg.data import discover_cases
 from cxrseg.io import read_radiograph
-from tools.bundle_runs import REPO_ROOT, SHARED_DATA
-from tools.compare_inference import evaluate
 
 LUNG_BUNDLES = ("lung_vae", "attention_bcdunet", "res_cr_net")
 IMAGE_KEY = "image"

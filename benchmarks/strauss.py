@@ -4,7 +4,7 @@ The simple approach draws 10-20 random overlapping circles at full resolution wi
 full-resolution mask; the Strauss generator samples and draws on a coarse grid and upsamples the smooth field.
 Both run in this process on one thread, so the ratio holds on any machine even when absolute times vary.
 
-    python -m tools strauss [--rows 640 --cols 512 --repeats 200]
+    python -m benchmarks strauss [--rows 640 --cols 512 --repeats 200]
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Benchmark of the whole collection: train, evaluate and time every bundle on a prepared dataset, one table.
 
 Each bundle runs exactly as a user runs it (``python -m monai.bundle run`` in a subprocess, with overrides:
-:mod:`tools.bundle_runs`), so the figures include everything a user pays for. Timing comes from inside those
-runs (:mod:`tools.timing`), the schedule from the budget and the bundle's facts (:mod:`tools.budgets`), the
-tables from :mod:`tools.report` and the figures from :mod:`tools.plots`. This module only runs the stages.
+:mod:`benchmarks.bundle_runs`), so the figures include everything a user pays for. Timing comes from inside those
+runs (:mod:`benchmarks.timing`), the schedule from the budget and the bundle's facts (:mod:`benchmarks.budgets`), the
+tables from :mod:`benchmarks.report` and the figures from :mod:`benchmarks.plots`. This module only runs the stages.
 
-Outputs in ``--out``: ``benchmark.json`` (everything), ``benchmark.md`` (the README table), ``plots/``.
+Outputs in ``--out``: ``benchmark.json`` (everything), ``benchmark.md`` (the tables of docs/results-log.md), ``plots/``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.budgets import (
+from benchmarks.budgets import (
     BUDGETS,
     LARGE_SIDE,
     Budget,
@@ -33,7 +33,7 @@ from tools.budgets import (
     lung_stage_overrides,
     shipped_settings,
 )
-from tools.bundle_runs import (
+from benchmarks.bundle_runs import (
     BUNDLES_DIR,
     available_bundles,
     evaluated_case_names,
@@ -42,10 +42,10 @@ from tools.bundle_runs import (
     read_json,
     scored_cases,
 )
-from tools.report import markdown
-from tools.timing import stage_profile, timer_config
+from benchmarks.report import markdown
+from benchmarks.timing import stage_profile, timer_config
 
-LOG = logging.getLogger("tools.benchmark")
+LOG = logging.getLogger("benchmarks.benchmark")
 
 LARGE_REPEATS = 3
 INFERENCE_LIMIT = 30
@@ -254,7 +254,7 @@ def main(
     --dataset_dir: a prepared dataset for every bundle (default: ../shared/data/<the dataset its metadata's
     held_out names>); bundles are scored on the cases their weights never trained on (metadata held_out).
     --out: result folder (default $TMPDIR/cxrseg-benchmark; keep it outside the repository: it derives from
-    licensed data). --threads: torch threads of every run (default 1; the development machine is shared);
+    licensed data). --threads: torch threads of every run (default 1, for a shared machine);
     --large_threads: those of the 2048x2048 inference timing (default 2, the target machine's cores).
     --compare_cache: one more epoch of the first bundle with the data cache off, for the loader-time comparison.
 
@@ -283,7 +283,7 @@ def main(
     table = markdown(records, budget, started)
     (out_dir / "benchmark.md").write_text(table, encoding="utf-8")
     if plots:
-        from tools.plots import draw_all
+        from benchmarks.plots import draw_all
 
         draw_all(records, out_dir / "plots")
     print(table)

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bundle_runs import parse_bundle_config
 from cxrseg.bundle import bundle_imports
-from tools.bundle_runs import parse_bundle_config
 
 
 class StepTimer:
@@ -120,7 +120,7 @@ def timer_config(path: Path, engine_id: str, out_file: Path, seeded: bool) -> Pa
     """
     seeding = ["$monai.utils.set_determinism(seed=@seed)"] if seeded else []
     config = {
-        "benchmark_timer": {"_target_": "tools.timing.StepTimer", "out_file": str(out_file)},
+        "benchmark_timer": {"_target_": "benchmarks.timing.StepTimer", "out_file": str(out_file)},
         "initialize": seeding + [f"$@benchmark_timer.attach(@{engine_id})"],
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import SUPPORTED_SUFFIXES
+from .sources import LUNG_CONVENTION_KEY, SPLIT_BY_SOURCE, convention_of
 
 SPLITS = ("training", "validation", "test")
 ALL_CASES = "all"
@@ -24,6 +25,13 @@ DATALIST_NAME = "datalist.json"
 # datalist key naming the dataset (hospital) an entry comes from
 SOURCE_KEY = "source"
 PATIENT_COLUMNS = ("patientid", "patient_id", "patient")
+# a source kept in its redistributor's split: its "train" cases train (a seeded share of them validates, for
+# checkpoint selection) and its "val" / "test" cases are the held-out test split, never used to pick weights
+SOURCE_SPLIT_COLUMN = "source_split"
+SOURCE_SPLIT_TRAINING = "train"
+SOURCE_SPLIT_VALIDATION_SHARE = 0.05
+# metadata column "<structure>_annotated" = "no": the case's mask of that structure, if any, is not a label
+ANNOTATED_SUFFIX = "_annotated"
 
 
 def discover_cases(dataset_dir: str | Path) -> list[dict]:
@@ -94,6 +102,47 @@ def fold_cases(
         held = patient_of.get(case["case"], case["case"]) in held_out
         result["validation" if held else "training"].append(case)
     return result
+
+
+def source_split_cases(
+    cases: Sequence[dict],
+    rows: Mapping[str, Mapping[str, str]],
+    seed: int = 0,
+    validation_share: float = SOURCE_SPLIT_VALIDATION_SHARE,
+) -> dict[str, list[dict]]:
+    """Split by the redistributor's ``source_split`` column, for a source without patient ids.
+
+    Its held-out part becomes ``test``; ``validation`` is a seeded share of its training part, which may hold
+    other images of a training patient, so it only selects checkpoints and is never reported as held out.
+    """
+    missing = [c["case"] for c in cases if not rows.get(c["case"], {}).get(SOURCE_SPLIT_COLUMN, "").strip()]
+    if missing:
+        raise ValueError(f"{len(missing)} cases have no {SOURCE_SPLIT_COLUMN} in metadata.csv, e.g. {missing[0]}")
+    training = [c for c in cases if rows[c["case"]][SOURCE_SPLIT_COLUMN].strip() == SOURCE_SPLIT_TRAINING]
+    held_out = [c for c in cases if rows[c["case"]][SOURCE_SPLIT_COLUMN].strip() != SOURCE_SPLIT_TRAINING]
+    order = np.random.default_rng(seed).permutation(len(training))
+    validating = {int(i) for i in order[: round(validation_share * len(training))]}
+    return {
+        "training": [c for i, c in enumerate(training) if i not in validating],
+        "validation": [c for i, c in enumerate(training) if i in validating],
+        "test": held_out,
+    }
+
+
+def without_unannotated(entry: dict, row: Mapping[str, str]) -> dict:
+    """The entry without the labels its metadata row marks as not annotated (``<structure>_annotated = no``).
+
+    A mask file may exist for such a case, empty, because its finding was never drawn: training must not read
+    that as "no finding" (e.g. pneumonia whose opacity nobody outlined).
+    """
+    dropped = {
+        column.removesuffix(ANNOTATED_SUFFIX)
+        for column, value in row.items()
+        if column.endswith(ANNOTATED_SUFFIX) and str(value).strip().lower() == "no"
+    }
+    if not dropped & set(entry.get("label", {})):
+        return entry
+    return entry | {"label": {name: path for name, path in entry["label"].items() if name not in dropped}}
 
 
 def write_datalist(
@@ -212,6 +261,9 @@ def _source_split(
 ) -> list[dict]:
     """One source's entries of ``split``, absolute and tagged with the source's name."""
     datalist_file = Path(datalist) if datalist is not None else root / DATALIST_NAME
+    name = source_name(root)
+    convention = convention_of(name)
+    rows = metadata_rows(root)
     if split == ALL_CASES:
         cases = discover_cases(root)
     else:
@@ -219,10 +271,13 @@ def _source_split(
             splits = json.loads(datalist_file.read_text(encoding="utf-8"))
         elif num_folds is not None:
             splits = fold_cases(discover_cases(root), num_folds, fold, seed, patients_from_metadata(root))
+        elif convention.split == SPLIT_BY_SOURCE:
+            splits = source_split_cases(discover_cases(root), rows, seed)
         else:
             splits = split_cases(discover_cases(root), fractions, seed, patients_from_metadata(root))
         cases = splits.get(split, [])
-    return [absolute_entry(entry, root) | {SOURCE_KEY: source_name(root)} for entry in cases]
+    tags = {SOURCE_KEY: name, LUNG_CONVENTION_KEY: convention.lungs}
+    return [absolute_entry(without_unannotated(entry, rows.get(entry["case"], {})), root) | tags for entry in cases]
 
 
 def source_name(dataset_dir: str | Path) -> str:

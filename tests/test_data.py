@@ -133,3 +133,48 @@ def test_mixture_weights_give_each_list_its_share() -> None:
     assert mixture_weights([{}] * 4, [], 0.5) == [0.25] * 4
     with pytest.raises(ValueError, match="second_share"):
         mixture_weights([{}], [{}], 1.0)
+
+
+def make_source_split_dataset(root: Path, splits: list[str], annotated: list[str]) -> Path:
+    """A dataset named like covid_qu_ex: no patient ids, a redistributor's split and an ``opacity_annotated``
+    column, with an (empty) opacity mask for every case, as a careless export would write."""
+    make_dataset(root, cases=len(splits))
+    (root / "masks" / "opacity").mkdir()
+    for i in range(len(splits)):
+        Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "masks" / "opacity" / f"case{i:03d}.png")
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        handle.write("case,source_split,opacity_annotated\n")
+        handle.writelines(f"case{i:03d},{s},{a}\n" for i, (s, a) in enumerate(zip(splits, annotated, strict=True)))
+    return root
+
+
+def test_a_source_without_patient_ids_keeps_its_redistributors_split(tmp_path: Path) -> None:
+    """covid_qu_ex: its "val" cases are the held-out test split (never used to pick weights), 5 % of its "train"
+    cases validate and the rest train; every case lands in exactly one split."""
+    splits = ["train"] * 40 + ["val"] * 10
+    root = make_source_split_dataset(tmp_path / "covid_qu_ex", splits, ["yes"] * 50)
+    cases = {s: [e["case"] for e in load_split(root, s)] for s in ("training", "validation", "test")}
+    assert cases["test"] == [f"case{i:03d}" for i in range(40, 50)]
+    assert len(cases["validation"]) == 2 and len(cases["training"]) == 38
+    assert not set(cases["validation"]) & set(cases["training"])
+    assert load_split(root, "training")[0]["lung_convention"] == "retrocardiac_excluded"
+
+
+def test_a_missing_source_split_is_an_error_naming_the_case(tmp_path: Path) -> None:
+    root = make_source_split_dataset(tmp_path / "covid_qu_ex", ["train", " "], ["yes", "yes"])
+    with pytest.raises(ValueError, match="case001"):
+        load_split(root, "training")
+
+
+def test_findings_nobody_drew_are_not_labels(tmp_path: Path) -> None:
+    """Pneumonia whose opacity was never outlined (``opacity_annotated = no``) trains lungs only: its empty opacity
+    mask must not teach "clear lungs", while an annotated case keeps both labels."""
+    root = make_source_split_dataset(tmp_path / "covid_qu_ex", ["train"] * 4, ["yes", "no", "yes", "no"])
+    labels = {e["case"]: set(e["label"]) for e in load_split(root, "all")}
+    # make_dataset draws lungs for every case but each fourth
+    assert labels == {
+        "case000": {"opacity"},
+        "case001": {"lungs"},
+        "case002": {"lungs", "opacity"},
+        "case003": {"lungs"},
+    }

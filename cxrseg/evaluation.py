@@ -64,6 +64,18 @@ def binary_metrics(pred: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     }
 
 
+def spill_below(pred: np.ndarray, reference: np.ndarray, margin: float = 0.03) -> float:
+    """Share of the predicted structure lying more than ``margin`` of the image's height below the reference's
+    lowest row: for lungs, what runs below the diaphragm into the abdomen, which Dice barely sees on a
+    radiograph that shows the upper abdomen (AP portable views) and which then reads as lung area or opacity."""
+    predicted = int(pred.sum())
+    rows = np.flatnonzero(reference.any(axis=1))
+    if predicted == 0 or rows.size == 0:
+        return 0.0
+    floor = rows[-1] + 1 + round(margin * reference.shape[0])
+    return float(pred[floor:].sum() / predicted)
+
+
 def case_metrics(pred: np.ndarray, reference: np.ndarray, label_names: Sequence[str]) -> dict[str, float]:
     """Metrics of every non-background label of two label maps, as ``<label>_<metric>`` columns, plus the
     reference and predicted areas (needed to group cases with and without a structure)."""

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cxrseg.evaluation import binary_metrics, case_metrics, dice, summarize
+from cxrseg.evaluation import binary_metrics, case_metrics, dice, spill_below, summarize
 
 
 def square(top: int, left: int, size: int, shape: tuple[int, int] = (20, 20)) -> np.ndarray:
@@ -76,3 +76,15 @@ def test_case_metrics_per_label_and_summary_groups() -> None:
     assert opacity["reference_absent"]["cases"] == 1
     assert opacity["reference_absent"]["false_positive_fraction"]["mean"] == pytest.approx(4 / 400)
     assert opacity["all"]["hd95_undefined"] == 1
+
+
+def test_spill_below_counts_what_runs_past_the_reference_floor() -> None:
+    """A lung field that runs 4 rows into the abdomen of a 100-row image: the rows within the 3-row margin are
+    tolerated, the last one counts; nothing predicted or nothing referenced spills nothing."""
+    reference = np.zeros((100, 10), bool)
+    reference[20:60, 2:8] = True  # lowest reference row 59, so rows from 63 on count
+    pred = reference.copy()
+    pred[60:64, 2:8] = True  # rows 60-62 within the margin, row 63 beyond it
+    assert spill_below(pred, reference, margin=0.03) == pytest.approx(6 / pred.sum())
+    assert spill_below(reference, reference) == 0.0
+    assert spill_below(np.zeros_like(pred), reference) == 0.0 == spill_below(pred, np.zeros_like(pred))

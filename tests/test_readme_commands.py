@@ -1,4 +1,8 @@
-"""Every ```bash block of README.md runs as written, so that the page cannot drift from the code.
+"""Every ```bash block of the documentation runs as written, so that the pages cannot drift from the code.
+
+The pages are README.md, docs/*.md, benchmarks/README.md and the model cards (:data:`PAGES`; the cards' blocks
+are slow); the results log is a dated record of what was run, its blocks are ``text`` and it is only checked for
+that.
 
 Each block runs as one bash script (``set -euo pipefail``) in its own fresh copy of the repository in a
 temporary folder (the commands write ``runs/``, ``dist/``, ``data/``, exports and ``docs/phantoms.png`` there,
@@ -12,9 +16,9 @@ one entry of :data:`RULES`, which says how it runs here:
 - not at all: ``skip`` gives the reason (it builds environments, which ``.ci/run`` does; it needs a download,
   a second machine or hours), and the rest of the block still runs.
 
-A command without a rule fails its block's test, so a block added to README later is covered, not ignored.
+A command without a rule fails its block's test, so a block added to a page later is covered, not ignored.
 A block that needs something absent (``../shared/data``, the MONAI Label environment, curl, onnx) is skipped
-with the reason. ``data/jsrt`` and ``data/shenzhen``, which README's commands expect the user to prepare from
+with the reason. ``data/jsrt`` and ``data/shenzhen``, which the commands expect the user to prepare from
 downloads, are small phantom sets here; ``--dataset_dir ../shared/data/montgomery`` reads 4 of its cases.
 """
 
@@ -39,6 +43,15 @@ from conftest import REPO_ROOT, SHARED_DATA
 from cxrseg.phantoms import generate_dataset
 
 README = REPO_ROOT / "README.md"
+# the pages whose commands run here; the results log (a dated record) holds no bash block
+RECORDS = (REPO_ROOT / "docs" / "results-log.md",)
+MODEL_CARDS = tuple(sorted((REPO_ROOT / "bundles").glob("*/docs/README.md")))
+PAGES = (
+    README,
+    *sorted(set((REPO_ROOT / "docs").glob("*.md")) - set(RECORDS)),
+    REPO_ROOT / "benchmarks" / "README.md",
+    *MODEL_CARDS,
+)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 BLOCK_TIMEOUT_S = 1200
 SERVER_START_TIMEOUT_S = 600
@@ -101,6 +114,7 @@ class Rule:
 
 ENVIRONMENT_BUILT_BY_CI = ".ci/run builds the environments (and CI with it); a test does not install packages"
 SECOND_MACHINE = "needs a second machine (HOST); test_multi_gpu.py runs two ranks on one machine"
+SHIPPED_RECIPE = "the shipped weights' training: CPU hours on the real data"
 ONE_EPOCH = '--epochs 1 --train_size 2 --batch_size 2 --num_workers 0 --image_size "[128,128]"'
 SMALL_BENCHMARK = f"--bundle {GENERIC_BUNDLE} --dataset_dir data/jsrt --out {{tmp}}/benchmark --plots false"
 
@@ -117,7 +131,6 @@ RULES = (
             "runs/quickstart/phantom_*_overlay.png",
         ),
     ),
-    Rule(r"bash \.ci/run", skip="CI itself: it builds the environments and runs the whole suite, this test included"),
     Rule(
         r"\.venv/bin/python -m monai\.bundle run --config_file bundles/lung_vae/configs/train\.yaml",
         shorten=(("--epochs 2", ONE_EPOCH),),
@@ -125,8 +138,8 @@ RULES = (
         slow=True,
         expect=("runs/lung_vae/models/model.pt",),
     ),
-    Rule(r"python -m pytest", skip="the test suite itself, this test included (.ci/run runs it)"),
-    # Results per hospital
+    Rule(r"(\.venv/bin/)?python -m pytest", skip="the test suite itself, this test included (.ci/run runs it)"),
+    # docs/training.md: Evaluation
     Rule(r"E=\"\['bundles/<b>/configs/train\.yaml','bundles/<b>/configs/evaluate\.yaml'\]\""),
     Rule(
         r"python -m monai\.bundle run --config_file \"\$E\" --dataset_dir \.\./shared/data/montgomery",
@@ -135,7 +148,7 @@ RULES = (
         needs=("shared_data",),
         expect=("eval/montgomery/metrics_summary.json",),
     ),
-    # The unseen hospital as other hospitals show it
+    # benchmarks/README.md: Other hospitals' radiographs
     Rule(
         r"python -m benchmarks robustness --out /tmp/cxrseg-robustness",
         shorten=(
@@ -148,14 +161,14 @@ RULES = (
         needs=("shared_data",),
         expect=("{tmp}/robustness/robustness.json",),
     ),
-    # Inference contract
+    # docs/inference.md: Inference contract
     Rule(
         r"python -m monai\.bundle run --config_file bundles/<b>/configs/inference\.yaml",
         expect=("{outputs}/measurements.csv",),
     ),
-    # Code habits
+    # docs/packaging.md: Versions
     Rule(r"python -m tools bundle_hashes --record"),
-    # Inference at scale
+    # docs/inference.md: Inference at scale
     Rule(
         r"python -m monai\.bundle run --config_file bundles/lung_vae/configs/inference\.yaml .*--recursive true",
         expect=("{outputs}/study*/*_seg.png",),
@@ -167,7 +180,7 @@ RULES = (
         slow=True,
     ),
     Rule(r"torchrun --nnodes 2 ", skip=SECOND_MACHINE),
-    # Preparing the public datasets
+    # docs/data.md: Preparing the public datasets
     Rule(r"python -m tools prepare ", skip="needs the publisher's download (--source), which is not redistributed"),
     Rule(
         r"python -m tools datalist --dataset_dir \.\./shared/data/jsrt",
@@ -182,7 +195,7 @@ RULES = (
         expect=("data/phantoms/datalist.json",),
     ),
     Rule(r"python -m tools contact_sheet --dataset_dir data/"),
-    # MONAI Label
+    # docs/monai-label.md
     Rule(r"bash tools/setup_monailabel_env\.sh", skip=ENVIRONMENT_BUILT_BY_CI),
     Rule(
         r"PATH=\"\$PWD/\.venv-monailabel/bin:\$PATH\" monailabel start_server ",
@@ -192,7 +205,7 @@ RULES = (
         ready="curl -sf http://127.0.0.1:{port}/info/ >/dev/null",
     ),
     Rule(r"curl ", needs=("curl",), expect=("{case}_label.png",)),
-    # Model Zoo packaging and export
+    # docs/packaging.md: Packaging and export
     Rule(r"python -m tools package lung_vae", expect=("dist/lung_vae_v*.zip",)),
     Rule(
         r"python -m tools export lung_vae",
@@ -201,7 +214,7 @@ RULES = (
     ),
     Rule(r"python -m monai\.bundle verify_metadata "),
     Rule(r"cd bundles/lung_vae && python -m monai\.bundle verify_net_in_out "),
-    # Training on several hospitals
+    # docs/training.md: Training on several hospitals
     Rule(
         r"python -m monai\.bundle run --config_file bundles/lung_vae/configs/train\.yaml .*'data/jsrt',",
         shorten=(("--epochs 12", ONE_EPOCH),),
@@ -209,7 +222,7 @@ RULES = (
         slow=True,
         expect=("runs/lung_vae/eval/*",),
     ),
-    # Multi-GPU and multi-node training
+    # docs/training.md: Multi-GPU and multi-node training, Train on a remote GPU
     Rule(
         r"torchrun --nproc_per_node 8 -m monai\.bundle run .*multi_gpu_train\.yaml",
         shorten=(
@@ -219,7 +232,8 @@ RULES = (
         why="2 CPU processes, one epoch of 2 phantoms at 128 x 128",
         slow=True,
     ),
-    # Benchmark
+    Rule(r"timeout 6h python -m monai\.bundle run ", skip="the paper's settings: hours, meant for a GPU"),
+    # benchmarks/README.md: Benchmark of the shipped weights
     Rule(
         r"python -m benchmarks benchmark --budget shipped",
         shorten=(("--budget shipped", f"--budget shipped {SMALL_BENCHMARK}"),),
@@ -249,20 +263,52 @@ RULES = (
         shorten=(("python -m benchmarks strauss", "python -m benchmarks strauss --repeats 3"),),
         why="3 repeats",
     ),
+    # model cards: bundles/<name>/docs/README.md
+    Rule(
+        r"python -m monai\.bundle run --config_file bundles/\w+/configs/inference\.yaml --bundle_root bundles/\w+ "
+        r"--dataset_dir IN --output_dir OUT$",
+        expect=("{outputs}/measurements.csv",),
+    ),
+    Rule(
+        r"python -m monai\.bundle run --config_file \"\['bundles/(lung_vae|res_cr_net|attention_bcdunet)/configs/train"
+        r"\.yaml','bundles/\w+/configs/evaluate\.yaml'\]\" --dataset_dir \.\./shared/data/montgomery",
+        shorten=(("../shared/data/montgomery", "{montgomery_subset}"),),
+        why="4 of the 138 Montgomery cases",
+        needs=("shared_data",),
+        expect=("{outputs}/metrics_summary.json",),
+    ),
+    Rule(r"(C|D)=\.\./shared/data(/covid_opacity)?$"),
+    Rule(r"(J|D)=\.\./shared/data\S* \w=.* R=runs/\w+$"),
+    Rule(r"T=\"python -m monai\.bundle run --config_file bundles/\w+/configs/train\.yaml"),
+    Rule(
+        r"python -m monai\.bundle run --config_file \"\['bundles/opacity_unet/configs/train\.yaml','bundles/"
+        r"opacity_unet/configs/evaluate\.yaml'\]\" --dataset_dir \$D/covid_opacity",
+        skip="scores fold 0 through the whole pipeline (127 cases and their lung fields): tests/test_opacity_unet.py "
+        "evaluates on phantoms",
+    ),
+    Rule(
+        r"(python -m monai\.bundle run --config_file (bundles/\w+/configs/train\.yaml --dataset_dir "
+        r"(\"\['\.\./shared|\"\['\$J|\$J|\$D)|\"\['bundles/opacity_unet/configs/train\.yaml','bundles/opacity_unet/"
+        r"configs/pretrain_)|\$T |python -m tools average_weights \$R/|cp \$R/)",
+        skip=SHIPPED_RECIPE,
+    ),
+    Rule(r"python -m tools export (attention_bcdunet|opacity_unet|res_cr_net)$", needs=("onnx",)),
+    Rule(r"python -m tools package (attention_bcdunet|opacity_unet|res_cr_net)$", expect=("dist/*_v*.zip",)),
 )
 
 
 @dataclass(frozen=True)
 class Block:
-    """One ```bash block of README.md: the section it is in, its place there, and its commands."""
+    """One ```bash block of a page: the page, the section it is in, its place there, and its commands."""
 
+    page: str
     section: str
     index: int
     commands: tuple[str, ...]
 
     @property
     def name(self) -> str:
-        slug = re.sub(r"[^a-z0-9]+", "-", self.section.lower()).strip("-")
+        slug = re.sub(r"[^a-z0-9]+", "-", f"{self.page} {self.section}".lower()).strip("-")
         return f"{slug}-{self.index}"
 
 
@@ -297,11 +343,13 @@ def commands_of(lines: list[str]) -> tuple[str, ...]:
 
 
 def readme_blocks() -> list[Block]:
-    blocks, per_section = [], {}
-    for section, language, lines in fenced_blocks(README.read_text(encoding="utf-8")):
-        if language == "bash":
-            per_section[section] = per_section.get(section, 0) + 1
-            blocks.append(Block(section, per_section[section], commands_of(lines)))
+    blocks = []
+    for page in PAGES:
+        name, per_section = page.relative_to(REPO_ROOT).with_suffix("").as_posix(), {}
+        for section, language, lines in fenced_blocks(page.read_text(encoding="utf-8")):
+            if language == "bash":
+                per_section[section] = per_section.get(section, 0) + 1
+                blocks.append(Block(name, section, per_section[section], commands_of(lines)))
     return blocks
 
 
@@ -316,7 +364,8 @@ def block_rules(block: Block) -> list[Rule]:
 
 def block_marks(block: Block) -> list[pytest.MarkDecorator]:
     running = [rule for rule in block_rules(block) if rule.skip is None]
-    marks = [pytest.mark.slow] if any(rule.slow for rule in running) else []
+    slow = any(rule.slow for rule in running) or block.page.startswith("bundles/")  # the model cards' blocks
+    marks = [pytest.mark.slow] if slow else []
     return marks + ([pytest.mark.realdata] if any("shared_data" in rule.needs for rule in running) else [])
 
 
@@ -482,24 +531,29 @@ def expected_files(root: Path, pattern: str) -> list[Path]:
     return [path for path in base.glob(relative) if path.is_file()]
 
 
-def test_every_fenced_block_is_bash_or_text() -> None:
-    """Untagged blocks would escape the run below: commands are ```bash, layouts and listings ```text."""
-    languages = {language for _, language, _ in fenced_blocks(README.read_text(encoding="utf-8"))}
-    assert languages <= {"bash", "text"}, f"tag every fenced block of README.md bash or text, not {languages}"
+@pytest.mark.parametrize("page", [*PAGES, *RECORDS], ids=lambda page: page.relative_to(REPO_ROOT).as_posix())
+def test_every_fenced_block_is_bash_or_text(page: Path) -> None:
+    """Untagged blocks would escape the run below: commands are ```bash, layouts and listings ```text; a record
+    holds no bash block (what it quotes was run once, with the tools of its day)."""
+    languages = {language for _, language, _ in fenced_blocks(page.read_text(encoding="utf-8"))}
+    allowed = {"text"} if page in RECORDS else {"bash", "text"}
+    assert languages <= allowed, (
+        f"tag every fenced block of {page.name} {' or '.join(sorted(allowed))}, not {languages}"
+    )
 
 
 def test_every_rule_is_used() -> None:
-    """A rule no command matches is left over from an edit of README.md: remove it or fix its pattern."""
+    """A rule no command matches is left over from an edit of a page: remove it or fix its pattern."""
     commands = [command for block in readme_blocks() for command in block.commands]
     unused = [rule.pattern for rule in RULES if not any(re.match(rule.pattern, command) for command in commands)]
-    assert not unused, f"rules that match no command of README.md: {unused}"
+    assert not unused, f"rules that match no command of the pages: {unused}"
 
 
 @pytest.mark.parametrize("block", [pytest.param(b, id=b.name, marks=block_marks(b)) for b in readme_blocks()])
 def test_readme_block_runs_as_written(block: Block, workspace: Workspace) -> None:
     unmatched = [(command, len(rules_of(command))) for command in block.commands if len(rules_of(command)) != 1]
     assert not unmatched, (
-        "every README command needs exactly one rule in tests/test_readme_commands.py RULES (run as written, "
+        "every documented command needs exactly one rule in tests/test_readme_commands.py RULES (run as written, "
         f"shortened or skipped with a reason); (command, rules matching): {unmatched}"
     )
     rules = [rules_of(command)[0] for command in block.commands]
@@ -512,7 +566,7 @@ def test_readme_block_runs_as_written(block: Block, workspace: Workspace) -> Non
     lines = ["set -euo pipefail"] + [script_line(command, rule, workspace) for command, rule in running]
     result = run_script("\n".join(lines), workspace.root)
     script = "\n".join(lines)
-    assert result.returncode == 0, f"README block {block.name} failed:\n{script}\n\n{result.stdout[-6000:]}"
+    assert result.returncode == 0, f"block {block.name} failed:\n{script}\n\n{result.stdout[-6000:]}"
     for _, rule in running:
         for pattern in map(workspace.fill, rule.expect):
             written = expected_files(workspace.root, pattern)

@@ -1,4 +1,4 @@
-"""Convert public chest X-ray datasets into the prepared layout (README, "Prepared dataset layout").
+"""Convert public chest X-ray datasets into the prepared layout (docs/data.md, "Prepared dataset layout").
 
 Every dataset goes through the same steps: its reader (``tools/readers``) finds cases and decodes them one at a
 time; here each case is resampled (image Lanczos, masks bilinear then thresholded at 50 %, the way the shared

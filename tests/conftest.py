@@ -1,5 +1,10 @@
 """Fixtures shared by the test suite: repository paths, the real shared data, tiny phantom datasets, and
-the bundles to test, and one short training run of a bundle."""
+the bundles to test, and one short training run of a bundle; and the suite's two tiers.
+
+``python -m pytest -q`` runs the fast tier (minutes on 2 cores); ``python -m pytest -q --all-tiers`` runs every
+test, as CI does (``.ci/run``). The slow tier is named here by file and by test, from the durations of the whole
+suite (``--durations``), rather than by folders, so that a test moves between tiers without moving its file.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,72 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 ZOO_SCHEMA = REPO_ROOT / "tools" / "zoo" / "meta_schema_20240725.json"
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+# the slow tier: whole files, and single tests of other files (every parameter of them), by their measured cost
+SLOW_FILES = frozenset(
+    {
+        "test_abdomen_in_view.py",
+        "test_archive_inference.py",
+        "test_bundles.py",
+        "test_determinism.py",
+        "test_monailabel.py",
+        "test_multi_gpu.py",
+        "test_readme_commands.py",
+        "test_reliability.py",
+        "test_resume.py",
+        "test_zoo.py",
+    }
+)
+SLOW_TESTS = frozenset(
+    {
+        "test_ci.py::test_a_plain_run_leaves_the_slow_tier_out_and_all_tiers_runs_it",
+        "test_conventions.py::test_bundle_copied_with_its_link_fails_saying_how_to_copy_it",
+        "test_opacity_unet.py::test_inference_from_lung_mask_files_reports_images_without_mask",
+        "test_opacity_unet.py::test_inference_reports_an_implausible_lung_field_and_scores_the_other_images",
+        "test_opacity_unet.py::test_two_stage_inference_writes_label_map_overlay_and_severity",
+        "test_prepare.py::test_jsrt_prepared_at_default_512",
+        "test_settings.py::test_inference_with_an_image_size_other_than_the_weights_stops_before_any_image",
+        "test_settings.py::test_weights_trained_with_defaults_evaluate_and_infer_with_defaults",
+    }
+)
+ALL_TIERS = "--all-tiers"
+LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        ALL_TIERS, action="store_true", help="run the slow tier as well (CI); without it, only the fast tier runs"
+    )
+
+
+def listed_as_slow(item: pytest.Item) -> bool:
+    """Whether the slow tier lists ``item``'s file or its test (a test marked ``slow`` in its file is slow too)."""
+    name = getattr(item, "originalname", item.name)
+    return item.path.name in SLOW_FILES or f"{item.path.name}::{name}" in SLOW_TESTS
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tier ``slow``, and leave it out of a plain run of the suite. Files or tests named on the
+    command line run in full, and so does ``-m``, which chooses for itself."""
+    for item in items:
+        if listed_as_slow(item):
+            item.add_marker(pytest.mark.slow)
+    whole_suite = config.args_source == pytest.Config.ArgsSource.TESTPATHS
+    if config.getoption(ALL_TIERS) or config.option.markexpr or not whole_suite:
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+        config.stash[LEFT_OUT] = len(slow)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if config.stash.get(LEFT_OUT, 0):
+        terminalreporter.write_line(
+            f"fast tier: {config.stash[LEFT_OUT]} tests of the slow tier left out (python -m pytest -q {ALL_TIERS})"
+        )
 
 
 def shared_dataset(name: str) -> Path:

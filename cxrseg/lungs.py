@@ -37,6 +37,10 @@ MAX_NECK_FRACTION = 0.35
 MIN_SIDE_SHARE = 0.05
 # the split column's position across the lung field's width: 0.44 - 0.58
 SPLIT_POSITION = (0.3, 0.7)
+# overlap (intersection over union) of the left lung with the right lung mirrored about the split column: 0.29 - 0.89
+# on lung_vae's fields of 30 radiographs of each of JSRT, Montgomery, Shenzhen, covid_opacity and COVID-QU-Ex and
+# res_cr_net's and attention_bcdunet's of 10 of each (issue 30); 0.03 - 0.06 where they found "lungs" in smooth noise
+MIN_MIRROR_OVERLAP = 0.15
 
 
 def midline_column(lung: np.ndarray, centre: float | None = None) -> int:
@@ -158,15 +162,37 @@ def mediastinum_problem(lung: np.ndarray) -> str | None:
     return None
 
 
+def symmetry_problem(lung: np.ndarray) -> str | None:
+    """Why the two lungs are no mirror images of each other, or None: a chest is near-symmetric, so the left lung
+    overlaps the right one mirrored at the mediastinum (diseased and rotated chests included), where two blobs a
+    network took for lungs in a photograph or in noise lie at unrelated places and heights."""
+    lung = np.asarray(lung, dtype=bool)
+    sides = lung_sides(lung)
+    columns = np.arange(lung.shape[1])
+    mirrored_columns = 2 * midline_column(lung) - 1 - columns
+    inside = (mirrored_columns >= 0) & (mirrored_columns < lung.shape[1])
+    mirrored = np.zeros_like(lung)
+    mirrored[:, inside] = sides["right"][:, mirrored_columns[inside]]
+    union = int((mirrored | sides["left"]).sum())
+    overlap = float((mirrored & sides["left"]).sum() / union) if union else 0.0
+    if overlap >= MIN_MIRROR_OVERLAP:
+        return None
+    return (
+        f"its two sides are no mirror images: the left lung overlaps the mirrored right lung by {_percent(overlap)} "
+        f"(at least {_percent(MIN_MIRROR_OVERLAP)})"
+    )
+
+
 def lung_field_problem(lung: np.ndarray) -> str | None:
     """Why a boolean ``(rows, cols)`` lung field of a frontal radiograph is not two plausible lungs (the first of
-    :func:`area_problem`, :func:`position_problem` and :func:`mediastinum_problem` to object), or None.
+    :func:`area_problem`, :func:`position_problem`, :func:`mediastinum_problem` and :func:`symmetry_problem` to
+    object), or None.
 
     The reason names the measured value and the accepted range, so that a row of ``measurements.csv`` says what
     was wrong with the image's lung field rather than only that it was rejected.
     """
     lung = np.asarray(lung, dtype=bool)
-    for check in (area_problem, position_problem, mediastinum_problem):
+    for check in (area_problem, position_problem, mediastinum_problem, symmetry_problem):
         problem = check(lung)
         if problem is not None:
             return problem

@@ -156,3 +156,16 @@ def test_no_reference_lung_mask_of_covid_opacity_is_rejected_but_the_one_lung_an
     one_lung = problems.pop("covid-19-pneumonia-12")
     assert one_lung is not None and "does not part into two lungs" in one_lung
     assert {case: problem for case, problem in problems.items() if problem} == {}
+
+
+def test_two_blobs_at_unrelated_places_are_no_lungs() -> None:
+    """Issue 30: what a network takes for lungs in smooth noise (a small blob high on one side, a large one low on the
+    other) passes area, position and mediastinum but is no mirror image; a mildly asymmetric chest still passes."""
+    lung = np.zeros((200, 200), bool)
+    lung[ellipse(55, 60, 25, 25, lung.shape)] = True
+    lung[ellipse(130, 140, 45, 30, lung.shape)] = True
+    problem = lung_field_problem(lung)
+    assert problem is not None and "no mirror images" in problem, problem
+    asymmetric = two_lungs()
+    asymmetric[: 200 // 3, 100:] = False  # the left lung's apex missing
+    assert lung_field_problem(asymmetric) is None

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .io import read_radiograph
+from .io import read_radiograph, save_png
 
 RGB = tuple[int, int, int]
 # colours of label values 1, 2, 3, ...: the lungs (value 1 in every lung bundle) green, the heart (2) red
@@ -79,5 +79,5 @@ def save_label_overlay(source: str | Path, label_map: np.ndarray, output_dir: Pa
     if image.shape != label_map.shape:
         raise ValueError(f"{source}: the image is {image.shape} but its label map {label_map.shape}")
     path = overlay_path(output_dir, stem)
-    label_overlay(image, label_map).save(path)
+    save_png(label_overlay(image, label_map), path)
     return path

@@ -8,6 +8,9 @@ Files are made on the fly with PIL, numpy and pydicom, so the suite needs no fix
 from __future__ import annotations
 
 import io
+import os
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +23,10 @@ ERROR = "error"
 SKIPPED = "skipped"
 SIDE = 64
 HUGE_SIDE = 8000
+# a decompression bomb: what a small file declares, beyond the readers' default pixel budget (100 M pixels)
+BOMB_SIDE = 16000
+# a name that is not UTF-8 (Latin-1 "café", as an old Windows export writes it)
+NOT_UTF8_NAME = os.fsdecode(b"caf\xe9.png")
 
 
 @dataclass(frozen=True)
@@ -58,15 +65,22 @@ def _image(array: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> Call
     return make
 
 
-def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12, frames: int = 1) -> bytes:
-    """A minimal but complete DICOM file (explicit VR little endian) holding ``pixels`` as unsigned integers."""
+def dicom_bytes(
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    frames: int = 1,
+    big_endian: bool = False,
+) -> bytes:
+    """A minimal but complete DICOM file (explicit VR, little or big endian) holding ``pixels`` as unsigned
+    integers."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = ExplicitVRBigEndian if big_endian else ExplicitVRLittleEndian
     dataset = Dataset()
     dataset.file_meta = meta
     dataset.SOPClassUID = SecondaryCaptureImageStorage
@@ -80,7 +94,70 @@ def dicom_bytes(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_store
     dataset.PixelRepresentation = 0
     if frames > 1:
         dataset.NumberOfFrames = frames
-    dataset.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    dataset.PixelData = np.ascontiguousarray(pixels, dtype=">u2" if big_endian else "<u2").tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def deflated_bomb_bytes(side: int = BOMB_SIDE) -> bytes:
+    """A deflated DICOM declaring ``side`` x ``side`` 8-bit pixels of zeros: a few hundred kilobytes that inflate to
+    ``side**2`` bytes. The dataset is deflated as it is made, so the test never holds the pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.SOPClassUID, dataset.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "DX"
+    dataset.Rows = dataset.Columns = side
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 8, 8, 7, 0
+    header = DicomBytesIO()
+    header.is_little_endian, header.is_implicit_VR = True, False
+    write_file_meta_info(header, meta)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, dataset)
+    # Pixel Data (7FE0,0010), VR OB, two reserved bytes, then its 4-byte length
+    body.write(struct.pack("<HH2s2sI", 0x7FE0, 0x0010, b"OB", b"\0\0", side * side))
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    chunks = [deflater.compress(body.getvalue())]
+    row_block = bytes(side * 256)
+    chunks += [deflater.compress(row_block) for _ in range(side // 256)]
+    chunks += [deflater.compress(bytes(side * (side % 256))), deflater.flush()]
+    return b"\0" * 128 + b"DICM" + header.getvalue() + b"".join(chunks)
+
+
+def png_bomb_bytes(side: int = BOMB_SIDE) -> bytes:
+    """A PNG whose header declares ``side`` x ``side`` 8-bit pixels, with almost no data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def dicomdir_bytes() -> bytes:
+    """A DICOMDIR, the index a DICOM export medium carries: DICOM, but no image."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MediaStorageDirectoryStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MediaStorageDirectoryStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.FileSetID = "EXPORT"
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -109,10 +186,12 @@ def float_dicom_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _float_tiff(value: float) -> Callable[[Path], None]:
+def _float_tiff(value: float, low: float | None = None) -> Callable[[Path], None]:
     def make(path: Path) -> None:
         pixels = radiograph().astype(np.float32)
         pixels[10:20, 10:20] = value
+        if low is not None:
+            pixels[30:40, 30:40] = low
         Image.fromarray(pixels, mode="F").save(path, format="TIFF")
 
     return make
@@ -151,6 +230,26 @@ def inference_inputs() -> list[BadInput]:
     float_nan = float_dicom_bytes(np.where(gray > 100, np.nan, 1.0))
     pdf = b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n" + b"0" * 400
     return [
+        # issue 30: names and forms as a PACS export and a shared folder hold them
+        BadInput(NOT_UTF8_NAME, OK, "a name that is not UTF-8", _bytes(good_png)),
+        BadInput("1.2.826.0.1.3680043.8.498.5", OK, "DICOM named by its SOP instance UID", _bytes(good_dicom)),
+        BadInput("IM_0001.1", OK, "DICOM named as a PACS exports it", _bytes(good_dicom)),
+        BadInput("DICOMDIR", SKIPPED, "the index of a DICOM export", _bytes(dicomdir_bytes())),
+        BadInput("photo.jfif", OK, "JPEG with the .jfif suffix", _bytes(good_jpeg)),
+        BadInput("volume.nii.gz", SKIPPED, "a compressed NIfTI volume", _bytes(zlib.compress(b"\0" * 400))),
+        BadInput("=HYPERLINK(1).png", OK, "a name a spreadsheet runs as a formula", _bytes(good_png)),
+        BadInput("+1.png", OK, "a name starting with +", _bytes(good_png)),
+        BadInput("-1.png", OK, "a name starting with -", _bytes(good_png)),
+        BadInput("@SUM.png", OK, "a name starting with @", _bytes(good_png)),
+        BadInput("x\n2 inputs, 0 failed.png", OK, "a newline in the name (a forged log line)", _bytes(good_png)),
+        BadInput("l" * 245 + ".png", OK, "a 245-character stem", _bytes(good_png)),
+        BadInput("m" * 251 + ".png", OK, "a 255-byte name: its outputs' names are too long", _bytes(good_png)),
+        BadInput(
+            "big_endian.dcm", OK, "DICOM explicit VR big endian", _bytes(dicom_bytes(twelve_bit, big_endian=True))
+        ),
+        BadInput("float_extreme.tiff", ERROR, "float32 TIFF at +-3e38", _float_tiff(3e38, low=-3e38)),
+        BadInput("bomb.dcm", ERROR, "deflated DICOM declaring 16000 x 16000", _bytes(deflated_bomb_bytes())),
+        BadInput("bomb.png", ERROR, "PNG declaring 16000 x 16000", _bytes(png_bomb_bytes())),
         BadInput("plain.png", OK, "an ordinary 8-bit grayscale PNG", _bytes(good_png)),
         BadInput("corrupt_png.png", ERROR, "PNG signature then garbage", _bytes(good_png[:16] + b"\x00bad" * 64)),
         BadInput("truncated_png.png", ERROR, "PNG cut in its data", _bytes(good_png[: len(good_png) // 2])),
@@ -200,6 +299,7 @@ LOOKALIKES = {"a_folder.png": SKIPPED, "animation.gif": SKIPPED, "dangling.png":
 IGNORED = {
     "notes.txt": b"not a radiograph: must be ignored, not reported",
     ".hidden.png": b"hidden files are ignored",
+    "IM_0002.7": b"no image by name or content: passed over",
 }
 
 

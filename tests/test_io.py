@@ -109,3 +109,56 @@ def test_tiny_and_non_finite_images_are_rejected(tmp_path: Path) -> None:
     Image.fromarray(pixels, mode="F").save(tmp_path / "nan.tif")
     with pytest.raises(RadiographError, match="NaN"):
         read_radiograph(tmp_path / "nan.tif")
+
+
+@pytest.mark.parametrize("name", ["1.2.826.0.1.3680043.8.498.5", "IM_0001.1", "looks_like.png"])
+def test_dicom_is_read_by_its_content_whatever_its_name(tmp_path: Path, name: str) -> None:
+    write_dicom(tmp_path / name, gradient().astype(np.uint16), "MONOCHROME2")
+    assert is_radiograph_file(tmp_path / name)
+    assert read_radiograph(tmp_path / name).shape == (40, 30)
+
+
+def test_jfif_is_jpeg(tmp_path: Path) -> None:
+    Image.fromarray(gradient()).save(tmp_path / "a.jfif", format="JPEG")
+    assert is_radiograph_file(tmp_path / "a.jfif") and read_radiograph(tmp_path / "a.jfif").shape == (40, 30)
+
+
+def test_a_png_declaring_too_many_pixels_is_refused_before_decoding(tmp_path: Path) -> None:
+    from badinputs import png_bomb_bytes
+
+    (tmp_path / "bomb.png").write_bytes(png_bomb_bytes(16000))
+    with pytest.raises(RadiographError, match=r"bomb.png: image declares 16000 x 16000 = 256,000,000 pixels"):
+        read_radiograph(tmp_path / "bomb.png")
+    Image.fromarray(gradient()).save(tmp_path / "small.png")
+    with pytest.raises(RadiographError, match="over the pixel budget of 1,000 "):
+        RadiographReader(max_pixels=1000).get_data([str(tmp_path / "small.png")])
+    assert RadiographReader(max_pixels=1200).get_data([str(tmp_path / "small.png")])[0].shape == (40, 30)
+
+
+def test_a_deflated_dicom_bomb_is_refused_without_inflating_it(tmp_path: Path) -> None:
+    """A few kilobytes declaring 5000 x 5000 (25 MB inflated): refused by the declared size, and, with a budget that
+    small, before pydicom inflates the file in memory at all."""
+    from badinputs import deflated_bomb_bytes
+
+    (tmp_path / "bomb.dcm").write_bytes(deflated_bomb_bytes(5000))
+    assert (tmp_path / "bomb.dcm").stat().st_size < 100_000
+    with pytest.raises(RadiographError, match="5000 x 5000 = 25,000,000 pixels, over the pixel budget of 2,000,000"):
+        read_radiograph(tmp_path / "bomb.dcm", max_pixels=2_000_000)
+    with pytest.raises(RadiographError, match="deflated DICOM inflates to over 16 MiB"):
+        read_radiograph(tmp_path / "bomb.dcm", max_pixels=100)
+
+
+def test_unclear_pixel_messages_say_what_is_wrong(tmp_path: Path) -> None:
+    """A float TIFF at +-3e38 (its range overflows float32), a big-endian DICOM (read), a DICOM without pixels."""
+    pixels = np.zeros((32, 32), np.float32)
+    pixels[0, 0], pixels[1, 1] = 3e38, -3e38
+    Image.fromarray(pixels, mode="F").save(tmp_path / "wide.tif")
+    with pytest.raises(RadiographError, match="wide.tif: pixel values span -3e\\+38 to 3e\\+38, too wide"):
+        read_radiograph(tmp_path / "wide.tif")
+    from badinputs import dicom_bytes, dicomdir_bytes
+
+    (tmp_path / "big.dcm").write_bytes(dicom_bytes(gradient().astype(np.uint16), big_endian=True))
+    assert read_radiograph(tmp_path / "big.dcm").shape == (40, 30)
+    (tmp_path / "DICOMDIR").write_bytes(dicomdir_bytes())
+    with pytest.raises(RadiographError, match="DICOMDIR: DICOM file has no pixel data"):
+        read_radiograph(tmp_path / "DICOMDIR")

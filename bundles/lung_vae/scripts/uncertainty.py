@@ -17,6 +17,8 @@ from monai.inferers import Inferer
 from PIL import Image
 from torch import nn
 
+from .cxrseg.io import save_png
+
 UNCERTAINTY_KEY = "uncertainty"
 # the largest possible standard deviation of a probability is 0.5; it maps to 255
 UNCERTAINTY_SCALE = 510.0
@@ -61,4 +63,4 @@ def save_uncertainty(item: Mapping[str, Any], label_map: np.ndarray, output_dir:
     if array.shape != label_map.shape:
         raise ValueError(f"uncertainty map {array.shape} does not match the label map {label_map.shape}")
     pixels = np.clip(np.rint(array * UNCERTAINTY_SCALE), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(Path(output_dir) / f"{stem}_uncertainty.png")
+    save_png(Image.fromarray(pixels), Path(output_dir) / f"{stem}_uncertainty.png")

@@ -20,7 +20,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from PIL import Image, ImageDraw
 
-from .cxrseg.io import read_radiograph
+from .cxrseg.io import read_radiograph, save_png
 from .cxrseg.lungs import lung_sides
 from .cxrseg.overlay import draw_overlay
 
@@ -88,7 +88,7 @@ def overlay(image: np.ndarray, label_map: np.ndarray) -> Image.Image:
 def save_overlay(item: Mapping[str, Any], label_map: np.ndarray, output_dir: Path, stem: str) -> None:
     """``save_extras`` of the inference writer: ``<stem>_overlay.png`` from the original radiograph."""
     image = read_radiograph(item["source"])
-    overlay(image, label_map).save(Path(output_dir) / f"{stem}_overlay.png")
+    save_png(overlay(image, label_map), Path(output_dir) / f"{stem}_overlay.png")
 
 
 def roc_points(scores: Sequence[float], positive: Sequence[bool]) -> list[tuple[float, float]]:

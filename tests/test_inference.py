@@ -4,7 +4,13 @@ rows flushed, and a failure raised at the end only after every good file is writ
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import io
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +31,13 @@ from monai.transforms import (
 from PIL import Image
 
 from cxrseg.inference import (
+    RUN_RECORD_NAME,
     InferenceFailures,
     InferenceJob,
+    OutputFolderError,
     SegmentationWriter,
     TolerantDataset,
+    csv_cell,
     list_radiographs,
     output_stems,
     tolerant_iteration,
@@ -251,7 +260,8 @@ def test_skip_existing_with_everything_written_still_writes_the_csv(tmp_path: Pa
     (tmp_path / "in" / "corrupt.png").unlink()
     run_inference(tmp_path / "in", tmp_path / "out")
     before = read_rows(tmp_path / "out")
-    (tmp_path / "out" / "measurements.rank1.csv").write_text("file,status\n", encoding="utf-8")  # an interrupted rank
+    header = (tmp_path / "out" / "measurements.csv").read_text(encoding="utf-8").splitlines()[0]
+    (tmp_path / "out" / "measurements.rank1.csv").write_text(header + "\n", encoding="utf-8")  # an interrupted rank
     writer = run_inference(tmp_path / "in", tmp_path / "out", skip_existing=True)
     assert writer.written == 0
     assert read_rows(tmp_path / "out") == before
@@ -303,3 +313,250 @@ def test_false_from_the_command_line_switches_a_flag_off() -> None:
     assert (as_flag("false"), as_flag("True"), as_flag(False)) == (False, True, False)
     with pytest.raises(ValueError, match="true or false"):
         as_flag("no")
+
+
+def one_radiograph(folder: Path, name: str = "a.png", side: int = 40) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    image = np.zeros((side, side), np.uint8)
+    image[:, side // 2 :] = 255
+    Image.fromarray(image).save(folder / name, format="PNG")
+    return folder / name
+
+
+def test_awkward_names_get_one_printable_row_each_and_the_others_go_on(tmp_path: Path) -> None:
+    """Issue 30, cases 1, 8 and 9: a name that is not UTF-8, one with a newline, formula-like names and stems too long
+    for a temporary or an output name each get an ``ok`` row under a name that is printable and never a formula;
+    the inputs after them are segmented."""
+    names = [
+        os.fsdecode(b"b_caf\xe9.png"),
+        "c\n2 inputs, 0 failed.png",
+        "=cmd.png",
+        "@sum.png",
+        "s" * 245 + ".png",
+        "t" * 251 + ".png",
+        "z.png",
+    ]
+    for name in names:
+        one_radiograph(tmp_path / "in", name)
+    run_inference(tmp_path / "in", tmp_path / "out")
+    rows = read_rows(tmp_path / "out")
+    assert list(rows) == sorted(csv_cell(name) for name in names)
+    assert "b_caf\\xe9.png" in rows and "c\\n2 inputs, 0 failed.png" in rows and "'=cmd.png" in rows
+    assert all(row["status"] == "ok" for row in rows.values())
+    assert len(list((tmp_path / "out").glob("*_seg.png"))) == len(names)
+    assert (tmp_path / "out" / os.fsdecode(b"b_caf\xe9_seg.png")).is_file(), "outputs mirror the name's bytes"
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    text = (tmp_path / "out" / "measurements.csv").read_bytes()
+    assert text.decode("utf-8").count("\n") == len(names) + 1, "one line per row: no name breaks a line"
+
+
+def test_every_input_by_name_or_content_gets_a_row(tmp_path: Path) -> None:
+    """Issue 30, case 2: DICOM as a PACS names it is found by its content, .jfif is JPEG, .nii.gz and a DICOMDIR are
+    skipped with the reason; a file that is no image by name or content is passed over."""
+    from badinputs import dicom_bytes, dicomdir_bytes, png_bytes, radiograph
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    dicom = dicom_bytes(radiograph().astype(np.uint16))
+    (folder / "1.2.826.0.1.3680043.8.498.5").write_bytes(dicom)
+    (folder / "IM_0001.1").write_bytes(dicom)
+    (folder / "IM_0002").write_bytes(png_bytes(Image.fromarray(radiograph()), "JPEG"))
+    (folder / "photo.jfif").write_bytes(png_bytes(Image.fromarray(radiograph()), "JPEG"))
+    (folder / "brain.nii.gz").write_bytes(b"\x1f\x8b" + bytes(100))
+    (folder / "DICOMDIR").write_bytes(dicomdir_bytes())
+    (folder / "README.TXT").write_text("export of 2 studies")
+    entries = {entry["file"]: entry for entry in list_radiographs(folder)}
+    assert set(entries) == {
+        "1.2.826.0.1.3680043.8.498.5",
+        "IM_0001.1",
+        "IM_0002",
+        "photo.jfif",
+        "brain.nii.gz",
+        "DICOMDIR",
+    }
+    assert (
+        entries["brain.nii.gz"]["status"] == "skipped"
+        and ".nii.gz is not a supported" in entries["brain.nii.gz"]["error"]
+    )
+    assert entries["DICOMDIR"]["status"] == "skipped" and "DICOMDIR" in entries["DICOMDIR"]["error"]
+    for name in ("1.2.826.0.1.3680043.8.498.5", "IM_0001.1", "IM_0002", "photo.jfif"):
+        assert "error" not in entries[name]
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "IM_0001.1").write_bytes(dicom)
+    assert [entry["file"] for entry in list_radiographs(alone)] == ["IM_0001.1"]
+
+
+def test_output_stems_keep_clear_of_output_folders_and_long_names() -> None:
+    """Issue 30, case 9: ``a.png`` beside a folder ``a_seg.png`` does not write the file where the folder's outputs
+    need a folder; a stem whose output names exceed 255 bytes is cut and given a hash of the whole."""
+    stems = output_stems(["a.png", "a_seg.png/x.png", "u" * 251 + ".png", "u" * 250 + "v.png"])
+    assert stems["a.png"] == "a_2" and stems["a_seg.png/x.png"] == "a_seg.png/x"
+    long_stems = [stems["u" * 251 + ".png"], stems["u" * 250 + "v.png"]]
+    assert len(set(long_stems)) == 2
+    assert all(len((stem + "_uncertainty.png").encode()) <= 255 for stem in long_stems)
+
+
+def test_recursive_input_beside_a_folder_named_like_its_label_map(tmp_path: Path) -> None:
+    one_radiograph(tmp_path / "in", "a.png")
+    one_radiograph(tmp_path / "in" / "a_seg.png", "x.png")
+    run_inference(tmp_path / "in", tmp_path / "out", recursive=True)
+    assert {file: row["status"] for file, row in read_rows(tmp_path / "out").items()} == {
+        "a.png": "ok",
+        "a_seg.png/x.png": "ok",
+    }
+    assert (tmp_path / "out" / "a_2_seg.png").is_file() and (tmp_path / "out" / "a_seg.png" / "x_seg.png").is_file()
+
+
+def record_job(input_dir: Path, output_dir: Path, weights: Path, **options) -> InferenceJob:
+    job = InferenceJob(input_dir, output_dir, weights=[weights], settings={"threshold": 0.5}, **options)
+    job.release()
+    return job
+
+
+def test_resume_needs_the_same_weights_settings_and_input(tmp_path: Path) -> None:
+    """Issue 30, case 3: an output folder records what wrote it; resuming with other weights, settings or input is
+    refused before anything is read, naming the difference; the same run resumes."""
+    one_radiograph(tmp_path / "in")
+    one_radiograph(tmp_path / "other_in")
+    weights, other_weights = tmp_path / "w.pt", tmp_path / "w2.pt"
+    weights.write_bytes(b"weights")
+    other_weights.write_bytes(b"other weights")
+    run_inference(tmp_path / "in", tmp_path / "out")  # a folder with rows and label maps
+    record_job(tmp_path / "in", tmp_path / "out", weights)
+    record = json.loads((tmp_path / "out" / RUN_RECORD_NAME).read_text())
+    assert record["weights_sha256"] == [hashlib.sha256(b"weights").hexdigest()]
+    with pytest.raises(OutputFolderError, match="weights_sha256"):
+        record_job(tmp_path / "in", tmp_path / "out", other_weights, skip_existing=True)
+    with pytest.raises(OutputFolderError, match="threshold 0.5 -> 0.7"):
+        InferenceJob(
+            tmp_path / "in", tmp_path / "out", weights=[weights], settings={"threshold": 0.7}, skip_existing="true"
+        )
+    with pytest.raises(OutputFolderError, match="input_dir"):
+        record_job(tmp_path / "other_in", tmp_path / "out", weights, skip_existing=True)
+    with pytest.raises(OutputFolderError, match="holds the results of"):
+        record_job(tmp_path / "other_in", tmp_path / "out", weights)  # a fresh run over another input's results
+    assert record_job(tmp_path / "in", tmp_path / "out", weights, skip_existing=True).done
+    (tmp_path / "out" / RUN_RECORD_NAME).unlink()
+    with pytest.raises(OutputFolderError, match="no inference_run.json"):
+        record_job(tmp_path / "in", tmp_path / "out", weights, skip_existing=True)
+
+
+def test_a_second_live_run_is_refused_and_a_killed_runs_lock_is_not_stuck(tmp_path: Path) -> None:
+    """Issue 30, case 4: while a run holds the output folder (here a process holding its lock), another run is
+    refused; once that process is killed, a run goes ahead."""
+    one_radiograph(tmp_path / "in")
+    (tmp_path / "out").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "out" / ".inference.lock")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputFolderError, match="being written by another inference run"):
+            InferenceJob(tmp_path / "in", tmp_path / "out")
+        assert not (tmp_path / "out" / "measurements.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    run_inference(tmp_path / "in", tmp_path / "out")
+    assert read_rows(tmp_path / "out")["a.png"]["status"] == "ok"
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+handle = open(sys.argv[1], "a")
+fcntl.flock(handle, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("recursive", [False, True])
+def test_output_folder_that_is_the_input_folder_is_refused(tmp_path: Path, recursive: bool) -> None:
+    """Issue 30, case 5: a second run would read its own label maps as radiographs."""
+    one_radiograph(tmp_path / "in")
+    with pytest.raises(OutputFolderError, match="the output folder is the input folder"):
+        InferenceJob(tmp_path / "in", tmp_path / "in" / ".", recursive=recursive)
+    assert sorted(path.name for path in (tmp_path / "in").iterdir()) == ["a.png"]
+
+
+def test_skip_existing_redoes_empty_label_maps_and_damaged_rows(tmp_path: Path) -> None:
+    """Issue 30, case 3: a 0-byte label map (a full disk) and a row holding a NUL byte are not proof of a result."""
+    for name in ("a.png", "b.png", "c.png"):
+        one_radiograph(tmp_path / "in", name)
+    run_inference(tmp_path / "in", tmp_path / "out")
+    out = tmp_path / "out"
+    (out / "a_seg.png").write_bytes(b"")
+    text = (out / "measurements.csv").read_text(encoding="utf-8").replace("b.png,ok", "b.png\0,ok")
+    (out / "measurements.csv").write_text(text, encoding="utf-8")
+    kept = (out / "c_seg.png").stat().st_mtime_ns
+    job = InferenceJob(tmp_path / "in", out, skip_existing=True)
+    job.release()
+    assert set(job.done) == {"c.png"}
+    run_inference(tmp_path / "in", out, skip_existing=True)
+    assert all(row["status"] == "ok" for row in read_rows(out).values()) and len(read_rows(out)) == 3
+    assert (out / "c_seg.png").stat().st_mtime_ns == kept and (out / "a_seg.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "content", [b"patient,score\nx,1\n", b"file,status,error,rows,cols\nb_caf\xe9.png,ok,,40,40\n"]
+)
+def test_foreign_or_non_utf8_measurements_file_is_named_not_a_traceback(tmp_path: Path, content: bytes) -> None:
+    """Issue 30, case 9: a foreign measurements.csv stops the resume naming it; one that is not UTF-8 loses only
+    its damaged rows, which are redone."""
+    one_radiograph(tmp_path / "in")
+    run_inference(tmp_path / "in", tmp_path / "out")
+    (tmp_path / "out" / "measurements.csv").write_bytes(content)
+    if content.startswith(b"patient"):
+        with pytest.raises(OutputFolderError, match="measurements.csv is not a measurements file"):
+            InferenceJob(tmp_path / "in", tmp_path / "out", skip_existing=True)
+        return
+    run_inference(tmp_path / "in", tmp_path / "out", skip_existing=True)
+    assert list(read_rows(tmp_path / "out")) == ["a.png"]
+
+
+def test_links_in_the_output_folder_never_lead_a_write_out_of_it(tmp_path: Path) -> None:
+    """Issue 30, case 6: links planted at an output's name or at a folder it needs are replaced or refused, never
+    followed; the file they lead to is untouched."""
+    one_radiograph(tmp_path / "in", "a.png")
+    one_radiograph(tmp_path / "in" / "p1", "b.png")
+    victim = tmp_path / "elsewhere" / "victim"
+    victim.parent.mkdir()
+    victim.write_bytes(b"keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_seg.png").symlink_to(victim)
+    (out / "a_overlay.png").symlink_to(victim)
+    (out / "p1").symlink_to(victim.parent, target_is_directory=True)
+    with pytest.raises(InferenceFailures, match="1 of 2 inputs failed"):
+        run_inference(tmp_path / "in", out, overlay=True, recursive=True)
+    assert victim.read_bytes() == b"keep" and sorted(p.name for p in victim.parent.iterdir()) == ["victim"]
+    assert not (out / "a_seg.png").is_symlink() and not (out / "a_overlay.png").is_symlink()
+    assert "leads out of the output folder" in read_rows(out)["p1/b.png"]["error"]
+
+
+def test_a_full_disk_leaves_no_temporary_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 30, case 9: a write that fails half-way is that input's error, and its temporary file is removed."""
+    one_radiograph(tmp_path / "in", "a.png")
+    one_radiograph(tmp_path / "in", "b.png")
+    save = Image.Image.save
+
+    def full_disk(image: Image.Image, target, *args, **kwargs) -> None:
+        if not isinstance(target, (str, Path)) and full_disk.calls == 0:  # the first output written: a's label map
+            full_disk.calls += 1
+            target.write(b"\x89PNG partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(image, target, *args, **kwargs)
+
+    full_disk.calls = 0
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(InferenceFailures, match="No space left on device"):
+        run_inference(tmp_path / "in", tmp_path / "out")
+    assert not [path.name for path in (tmp_path / "out").iterdir() if path.name.endswith(".tmp")]
+    assert read_rows(tmp_path / "out")["b.png"]["status"] == "ok"
+
+
+def test_a_folder_option_read_as_a_number_is_named(tmp_path: Path) -> None:
+    """``--dataset_dir 1e3`` reaches the config as 1000.0: the error says so instead of a bare TypeError."""
+    with pytest.raises(TypeError, match=r"dataset_dir must be a folder path, got float 1000.0.*\./1e3"):
+        InferenceJob(1000.0, tmp_path / "out")

@@ -130,6 +130,9 @@ def test_inference_contract(trained_bundle, phantom_dir: Path, tmp_path: Path) -
         str(work_dir / "models" / "model.pt"),
         "--image_size",
         json.dumps(SMALL_SIZE),
+        # a few epochs on phantoms find no plausible lungs on every input; the file handling is under test
+        "--check_lung_field",
+        "false",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert result.returncode != 0, "one input is broken, so the run must report failure"

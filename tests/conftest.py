@@ -47,6 +47,7 @@ SLOW_FILES = frozenset(
 SLOW_TESTS = frozenset(
     {
         "test_ci.py::test_a_plain_run_leaves_the_slow_tier_out_and_all_tiers_runs_it",
+        "test_compare_training.py::test_recipes_trains_before_and_after_side_by_side_on_phantoms",
         "test_conventions.py::test_bundle_copied_with_its_link_fails_saying_how_to_copy_it",
         "test_opacity_unet.py::test_inference_from_lung_mask_files_reports_images_without_mask",
         "test_opacity_unet.py::test_inference_reports_an_implausible_lung_field_and_scores_the_other_images",

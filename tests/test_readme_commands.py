@@ -291,7 +291,7 @@ RULES = (
     Rule(
         r"(python -m monai\.bundle run --config_file (bundles/\w+/configs/train\.yaml --dataset_dir "
         r"(\"\['\.\./shared|\"\['\$J|\$J|\$D)|\"\['bundles/opacity_unet/configs/train\.yaml','bundles/opacity_unet/"
-        r"configs/pretrain_)|\$T |python -m tools average_weights \$R/|cp \$R/)",
+        r"configs/pretrain_)|\$T |python -m tools average_weights (\$R|runs)/|cp \$R/)",
         skip=SHIPPED_RECIPE,
     ),
     Rule(r"python -m tools export (attention_bcdunet|opacity_unet|res_cr_net)$", needs=("onnx",)),

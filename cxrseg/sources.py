@@ -1,9 +1,9 @@
-"""What each known data source means by its masks and how it is split (README, "Label conventions").
+"""What each known data source means by its masks and how it is split (docs/data.md, "Label conventions").
 
 Sources differ in what their lung masks include and in whether a redistributor's split must be kept. Mixing
 them blindly teaches a network two definitions of "lung", so each source's convention is recorded here, tagged
-on its datalist entries (``lung_convention``) and reported beside its figures. A source not listed here is split
-by patient and its lung convention is ``unknown``.
+on its datalist entries (``lung_convention``) and stated beside its figures in the model cards. A source not
+listed here is split by patient and its lung convention is ``unknown``.
 """
 
 from __future__ import annotations

@@ -304,6 +304,7 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
-def save_png(image: Image.Image, path: str | Path) -> None:
-    """``image`` as the PNG ``path``, through :func:`replace_atomically`: the way every output image is written."""
-    replace_atomically(Path(path), lambda handle: image.save(handle, format="PNG"))
+def save_png(image: Image.Image, path: str | Path, compress_level: int = 6) -> None:
+    """``image`` as the PNG ``path``, through :func:`replace_atomically`: the way every output image is written
+    (``compress_level``: zlib's 0-9, PIL's default 6)."""
+    replace_atomically(Path(path), lambda handle: image.save(handle, format="PNG", compress_level=compress_level))

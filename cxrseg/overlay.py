@@ -21,6 +21,9 @@ RGB = tuple[int, int, int]
 # colours of label values 1, 2, 3, ...: the lungs (value 1 in every lung bundle) green, the heart (2) red
 PALETTE: tuple[RGB, ...] = ((0, 220, 0), (255, 40, 40), (40, 140, 255), (255, 200, 0), (220, 0, 220))
 OVERLAY_SUFFIX = "_overlay.png"
+# zlib level of overlay PNGs: a picture to look at, not data; level 1 encodes a 2048 x 2048 overlay in 0.14 s
+# instead of 0.32 s (the default 6) for a file half as large again
+OVERLAY_COMPRESS_LEVEL = 1
 # outline width of the label overlay: one pixel per this many pixels of the shorter side (2 px at 1024)
 OUTLINE_PIXELS_PER_WIDTH = 512
 
@@ -79,5 +82,5 @@ def save_label_overlay(source: str | Path, label_map: np.ndarray, output_dir: Pa
     if image.shape != label_map.shape:
         raise ValueError(f"{source}: the image is {image.shape} but its label map {label_map.shape}")
     path = overlay_path(output_dir, stem)
-    save_png(label_overlay(image, label_map), path)
+    save_png(label_overlay(image, label_map), path, compress_level=OVERLAY_COMPRESS_LEVEL)
     return path

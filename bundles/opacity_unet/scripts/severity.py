@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from .cxrseg.io import read_radiograph, save_png
 from .cxrseg.lungs import lung_sides
-from .cxrseg.overlay import draw_overlay
+from .cxrseg.overlay import OVERLAY_COMPRESS_LEVEL, draw_overlay
 
 OPACITY, CLEAR_LUNG = 1, 2
 ZONES = ("upper", "middle", "lower")
@@ -88,7 +88,7 @@ def overlay(image: np.ndarray, label_map: np.ndarray) -> Image.Image:
 def save_overlay(item: Mapping[str, Any], label_map: np.ndarray, output_dir: Path, stem: str) -> None:
     """``save_extras`` of the inference writer: ``<stem>_overlay.png`` from the original radiograph."""
     image = read_radiograph(item["source"])
-    save_png(overlay(image, label_map), Path(output_dir) / f"{stem}_overlay.png")
+    save_png(overlay(image, label_map), Path(output_dir) / f"{stem}_overlay.png", OVERLAY_COMPRESS_LEVEL)
 
 
 def roc_points(scores: Sequence[float], positive: Sequence[bool]) -> list[tuple[float, float]]:

@@ -44,6 +44,7 @@ from benchmarks.bundle_runs import (
 )
 from benchmarks.report import markdown
 from benchmarks.timing import stage_profile, timer_config
+from cxrseg.settings import settings_config_files
 
 LOG = logging.getLogger("benchmarks.benchmark")
 
@@ -85,7 +86,9 @@ class BundleRun:
     timeout: float | None
     record: dict[str, Any] = field(default_factory=dict)
 
-    def stage(self, name: str, files: list[Path], overrides: Mapping[str, Any], threads: int | None = None) -> bool:
+    def stage(
+        self, name: str, files: Sequence[str | Path], overrides: Mapping[str, Any], threads: int | None = None
+    ) -> bool:
         """Run one ``monai.bundle run`` stage, logging to ``<name>.log``; on failure record which and why."""
         start = time.perf_counter()
         LOG.info("%s: %s", self.bundle_dir.name, name)
@@ -122,11 +125,13 @@ def train_stage(run: BundleRun, common: Mapping[str, Any]) -> bool:
 
 
 def evaluate_stage(run: BundleRun, common: Mapping[str, Any], shipped_weights: bool) -> bool:
-    """Score the cases the weights never trained on (metadata ``held_out``) through ``evaluate.yaml``."""
+    """Score the cases the weights never trained on (metadata ``held_out``) through ``evaluate.yaml``, with the
+    settings file of the weights in ``common["ckpt_dir"]`` as the last config file."""
     cases = held_out(run.bundle_dir, shipped_weights)
     run.record["held_out"] = held_out_name(cases)
     evaluation = {**common, "output_dir": run.run_dir / "eval", **held_out_overrides(cases)}
-    if not run.stage("evaluate", [run.configs / "train.yaml", run.configs / "evaluate.yaml"], evaluation):
+    configs = [run.configs / "train.yaml", run.configs / "evaluate.yaml"]
+    if not run.stage("evaluate", settings_config_files(configs, Path(common["ckpt_dir"]) / "model.pt"), evaluation):
         return False
     run.record["metrics"] = read_json(run.run_dir / "eval" / "metrics_summary.json")
     severity = run.run_dir / "eval" / "severity_summary.json"
@@ -137,10 +142,12 @@ def evaluate_stage(run: BundleRun, common: Mapping[str, Any], shipped_weights: b
 
 def inference_stages(run: BundleRun, inference: Mapping[str, Any], dataset_dir: Path, large_threads: int) -> None:
     """Time the inference contract on the evaluated cases, then on full-size radiographs, and profile one of
-    those in-process."""
+    those in-process; the settings file of ``inference["ckpt_path"]`` is read after ``inference.yaml``."""
+    weights = Path(inference["ckpt_path"])
+    configs = settings_config_files([run.configs / "inference.yaml"], weights)
     cases_in = run.run_dir / "inference_in"
     entries = inference_inputs(dataset_dir, cases_in, INFERENCE_LIMIT, evaluated_case_names(run.run_dir / "eval"))
-    files = [run.configs / "inference.yaml", run.timer("infer", "evaluator", seeded=False)]
+    files = [*configs, run.timer("infer", "evaluator", seeded=False)]
     if not run.stage(
         "infer", files, {**inference, "dataset_dir": cases_in, "output_dir": run.run_dir / "inference_out"}
     ):
@@ -148,7 +155,7 @@ def inference_stages(run: BundleRun, inference: Mapping[str, Any], dataset_dir: 
     run.record["infer"] = run.timing("infer")
 
     large_dir = large_inputs(entries[0]["image"], run.run_dir / "large_in")
-    files = [run.configs / "inference.yaml", run.timer("large", "evaluator", seeded=False)]
+    files = [*configs, run.timer("large", "evaluator", seeded=False)]
     large_out = run.run_dir / "large_out"
     if not run.stage(
         "infer_large", files, {**inference, "dataset_dir": large_dir, "output_dir": large_out}, large_threads
@@ -156,7 +163,6 @@ def inference_stages(run: BundleRun, inference: Mapping[str, Any], dataset_dir: 
         return
     run.record["infer_large"] = run.timing("large")
     profiled = {key: value for key, value in inference.items() if key in PROFILE_OVERRIDES}
-    weights = Path(inference["ckpt_path"])
     run.record["large_profile_ms"] = stage_profile(
         run.bundle_dir, large_dir / "large_0.png", weights, profiled, large_threads, large_out
     )

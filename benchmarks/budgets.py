@@ -4,7 +4,7 @@ Facts about a bundle come from the bundle itself, so a new bundle needs no chang
 scored on and the cases its weights never trained on from ``metadata.json``'s ``held_out`` (a custom key,
 beside the Model Zoo's) and its lung stage from ``inference.yaml``'s ``lung_bundle_dir``. The settings any
 weights were trained with (``image_size`` and the others that define the network) travel in the settings file
-beside them (``models/model.json``, ``cxrseg/settings.py``), which evaluation and inference read.
+beside them (``models/model.json``, ``cxrseg/settings.py``), which the benchmark reads as the last config file.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def dataset_of(bundle_dir: Path, dataset_dir: str | None) -> Path:
 
 def shipped_settings(bundle_dir: Path) -> dict[str, Any]:
     """Overrides for evaluating the shipped ``models/model.pt`` through ``train.yaml`` + ``evaluate.yaml`` at the
-    settings it was trained with: none where its settings file records them (``evaluate.yaml`` reads it), else
+    settings it was trained with: none where its settings file records them (read as the last config file), else
     the ``image_size`` its ``inference.yaml`` states (checkouts from before the settings files, which
     ``python -m benchmarks compare_inference`` also runs)."""
     if settings_path(bundle_dir / "models" / "model.pt").is_file():
@@ -135,7 +135,8 @@ def shipped_lung_weights(bundle_dir: Path) -> Path | None:
 
 def lung_stage_overrides(bundle_dir: Path, lung_weights: Path | None) -> dict[str, Any]:
     """Overrides naming the lung model of a two-stage bundle (the lung bundle segments the lung field first; its
-    network and input follow the settings file beside ``lung_weights``); empty for one-stage bundles."""
+    network and input follow the settings file of ``lung_weights``, which the lung stage reads); empty for one-stage
+    bundles."""
     lung_bundle = lung_stage_bundle(bundle_dir)
     if lung_bundle is None:
         return {}

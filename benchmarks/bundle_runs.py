@@ -65,7 +65,7 @@ def override_arguments(overrides: Mapping[str, Any]) -> list[str]:
 
 
 def monai_run(
-    config_files: Sequence[Path],
+    config_files: Sequence[str | Path],
     overrides: Mapping[str, Any],
     timeout: float | None = None,
     threads: int = 1,
@@ -100,13 +100,19 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def parse_bundle_config(bundle_dir: Path, config: str, overrides: Mapping[str, Any] | None = None) -> Any:
-    """A ``ConfigParser`` of one of the bundle's configs with ``bundle_root`` and ``overrides`` set; use it
-    inside :func:`cxrseg.bundle.bundle_imports` of the same bundle, which makes its ``scripts`` importable."""
+def parse_bundle_config(
+    bundle_dir: Path, config: str, overrides: Mapping[str, Any] | None = None, weights: Path | None = None
+) -> Any:
+    """A ``ConfigParser`` of one of the bundle's configs with ``bundle_root`` and ``overrides`` set, and the settings
+    file of ``weights`` (other weights than the ones the config states) read after the config; use it inside
+    :func:`cxrseg.bundle.bundle_imports` of the same bundle, which makes its ``scripts`` importable."""
     from monai.bundle import ConfigParser
 
+    from cxrseg.settings import settings_config_files
+
+    files = [bundle_dir / "configs" / config]
     parser = ConfigParser()
-    parser.read_config(str(bundle_dir / "configs" / config))
+    parser.read_config(settings_config_files(files, weights) if weights is not None else str(files[0]))
     parser["bundle_root"] = str(bundle_dir)
     for key, value in (overrides or {}).items():
         parser[key] = value

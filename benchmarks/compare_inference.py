@@ -29,11 +29,12 @@ from benchmarks.budgets import dataset_of, held_out_overrides, shipped_settings
 from benchmarks.budgets import held_out as held_out_cases
 from benchmarks.bundle_runs import BUNDLES_DIR, REPO_ROOT, SHARED_DATA, override_arguments
 from benchmarks.timing import timer_config
+from cxrseg.settings import settings_config_files
 
 BUNDLES = ("lung_vae", "attention_bcdunet", "res_cr_net", "opacity_unet")
 
 
-def _run(root: Path, configs: Sequence[Path], overrides: Mapping[str, Any], threads: int, log: Path) -> None:
+def _run(root: Path, configs: Sequence[str | Path], overrides: Mapping[str, Any], threads: int, log: Path) -> None:
     """``monai.bundle run`` of ``configs`` inside checkout ``root`` (its ``benchmarks`` and bundle code importable)."""
     import os
 
@@ -116,7 +117,8 @@ def held_out(bundle: str) -> dict[str, Any]:
 def evaluate(
     root: Path, bundle: str, dataset: Path, run_dir: Path, overrides: Mapping[str, Any] | None = None, threads: int = 1
 ) -> dict[str, Any]:
-    """``metrics_summary.json`` of the shipped weights of ``bundle`` in checkout ``root`` on ``dataset``."""
+    """``metrics_summary.json`` of the shipped weights of ``bundle`` in checkout ``root`` on ``dataset`` (or of the
+    weights in ``overrides["ckpt_dir"]``, whose settings file is read as the last config file)."""
     bundle_dir = root / "bundles" / bundle
     settings = {
         "bundle_root": bundle_dir,
@@ -129,6 +131,7 @@ def evaluate(
         **(overrides or {}),
     }
     configs = [bundle_dir / "configs" / "train.yaml", bundle_dir / "configs" / "evaluate.yaml"]
+    configs = settings_config_files(configs, Path(settings["ckpt_dir"]) / "model.pt")
     _run(root, configs, settings, threads, run_dir / "evaluate.log")
     return json.loads((run_dir / "metrics_summary.json").read_text(encoding="utf-8"))
 

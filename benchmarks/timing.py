@@ -162,7 +162,8 @@ def stage_profile(
     torch.set_num_threads(threads)
     try:
         with bundle_imports(bundle_dir):
-            parser = parse_bundle_config(bundle_dir, "inference.yaml", {**overrides, "device": "$torch.device('cpu')"})
+            cpu = {**overrides, "device": "$torch.device('cpu')"}
+            parser = parse_bundle_config(bundle_dir, "inference.yaml", cpu, weights)
             preprocessing, network = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("network")
             postprocessing, inferer = parser.get_parsed_content("postprocessing"), parser.get_parsed_content("inferer")
             network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

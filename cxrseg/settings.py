@@ -1,16 +1,17 @@
 """Weights carry their settings: the config values that define a network and its input travel with its weights.
 
-A state dict does not say which network it fits. Trained at ``image_size: [640, 512]`` and loaded by an inference
-config that says ``[256, 256]``, lung_vae's weights fail to load, and a fully convolutional network's load and run
-at a size they never saw. So the training run writes, beside the best model ``models/model.pt`` (which stays a
-plain state dict, as MONAI Label, ``ckpt_export``, the Model Zoo and the opacity bundle's lung stage load it), a
-settings file ``models/model.json``: the values of the config ids that ``train.yaml`` lists in ``weights_settings``,
+A state dict does not say which network it fits. Trained at ``image_size: [640, 512]`` and loaded by a config that
+says ``[256, 256]``, lung_vae's weights fail to load, and a fully convolutional network's load and run at a size they
+never saw. So the training run writes, beside the best model ``models/model.pt`` (which stays a plain state dict, as
+MONAI Label, ``ckpt_export``, the Model Zoo and the opacity bundle's lung stage load it), a settings file
+``models/model.json``: the values of the config ids that ``train.yaml`` lists in ``weights_settings``,
 e.g. ``{"image_size": [640, 512], "features": 16, ...}``.
 
-Evaluation and inference read it back through :class:`WeightsSettings`: their defaults for those ids are the
-file's values, so the defaults of every config fit whatever weights they load, and an explicit value that
-disagrees with the file stops the run, naming the id, both values and the file (:meth:`WeightsSettings.check`).
-Weights without the file (trained before it existed) keep the config's own values.
+As in the Model Zoo, the configs state the shipped weights' settings as plain values, and other weights bring theirs
+as one more config file, the last one, whose ids replace the config's (``--config_file
+"['.../inference.yaml','RUN/model.json']"``; :func:`settings_config_files` for Python callers). The config needs no
+lookup, and :func:`check_settings` stops a run whose values differ from the settings file of the weights it loads
+before any image is read, naming every differing id with both values, the file and the fix.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from monai.bundle import ConfigParser
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_SUFFIX = ".json"
+# what a training run writes beside its best model; its checkpoints share these settings
+RUN_SETTINGS = "model.json"
 
 
 class SettingsMismatchError(ValueError):
@@ -35,7 +36,8 @@ class SettingsMismatchError(ValueError):
 
 
 def settings_path(ckpt_path: str | Path) -> Path:
-    """The settings file of a checkpoint: its name with ``.json`` (``models/model.pt`` -> ``models/model.json``)."""
+    """Where the settings of a checkpoint are written: its name with ``.json`` (``models/model.pt`` ->
+    ``models/model.json``)."""
     return Path(ckpt_path).with_suffix(SETTINGS_SUFFIX)
 
 
@@ -62,66 +64,59 @@ def write_settings(ckpt_path: str | Path, settings: Mapping[str, Any]) -> Path:
     return path
 
 
-def read_settings(ckpt_path: str | Path) -> dict[str, Any] | None:
-    """The settings recorded beside ``ckpt_path``, or None where there is no settings file."""
-    path = settings_path(ckpt_path)
-    if not path.is_file():
-        return None
+def settings_file(ckpt_path: str | Path) -> Path | None:
+    """The settings file of a checkpoint: ``<stem>.json`` beside it, else ``model.json`` in its folder (a training run
+    writes its ``checkpoint_*.pt`` and ``model.json`` from the same settings); None where there is neither."""
+    for path in (settings_path(ckpt_path), Path(ckpt_path).with_name(RUN_SETTINGS)):
+        if path.is_file():
+            return path
+    return None
+
+
+def _load(path: Path) -> dict[str, Any]:
     settings = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(settings, dict):
         raise ValueError(f"{path}: a settings file holds one mapping of config ids to values, got {type(settings)}")
     return settings
 
 
-def config_file_values(config_file: str | Path) -> dict[str, Any]:
-    """The top-level ids of a config file as written (nothing resolved): ``evaluate.yaml`` takes the defaults of
-    weights without a settings file from ``train.yaml``, whose ids it replaces with the recorded values."""
-    return dict(ConfigParser.load_config_file(str(config_file)))
+def read_settings(ckpt_path: str | Path) -> dict[str, Any] | None:
+    """The settings of the weights ``ckpt_path`` (:func:`settings_file`), or None where they have no settings file."""
+    path = settings_file(ckpt_path)
+    return None if path is None else _load(path)
 
 
-class WeightsSettings:
-    """The settings that the weights ``ckpt_path`` were trained with, as evaluation and inference configs read them.
+def settings_config_files(config_files: Sequence[str | Path], ckpt_path: str | Path) -> list[str]:
+    """``config_files`` with the settings file of ``ckpt_path`` appended where it has one, so that the ids it records
+    replace the configs' values: how a caller reads configs for weights other than the ones they state."""
+    path = settings_file(ckpt_path)
+    return [str(file) for file in config_files] + ([str(path)] if path is not None else [])
 
-    ``settings["image_size"]`` is the value recorded in the settings file beside the weights or, where the file
-    does not record it (or does not exist), ``defaults["image_size"]``: the config's own value. A config names
-    these as the defaults of its ids (``image_size: "$@trained_with['image_size']"``), so an id given explicitly (on
-    the command line, in an override file or a parser update) replaces the lookup, and :meth:`check` compares it.
-    """
 
-    def __init__(self, ckpt_path: str | Path, defaults: Mapping[str, Any]) -> None:
-        self.ckpt_path = Path(ckpt_path)
-        self.path = settings_path(ckpt_path)
-        self.defaults = dict(defaults)
-        self.recorded = read_settings(ckpt_path)
-        if self.recorded is None:
-            logger.info(
-                "%s has no settings file %s: the network and its input follow the config",
-                self.ckpt_path,
-                self.path.name,
-            )
-
-    def __getitem__(self, name: str) -> Any:
-        if self.recorded is not None and name in self.recorded:
-            return self.recorded[name]
-        if name not in self.defaults:
-            raise KeyError(f"{name}: neither recorded in {self.path} nor given a default by the config")
-        return self.defaults[name]
-
-    def check(self, settings: Mapping[str, Any]) -> bool:
-        """Raise :class:`SettingsMismatchError` naming every id of ``settings`` (the config's values) whose value
-        differs from the recorded one; True otherwise, so that a config can require the check
-        (``_requires_: "@settings_check"``) before it reads any image."""
-        recorded = self.recorded or {}
-        differences = [
-            f"{name} is {_as_json(value)!r} in the config but {recorded[name]!r} in the weights' settings"
-            for name, value in settings.items()
-            if name in recorded and _as_json(value) != recorded[name]
-        ]
-        if differences:
-            raise SettingsMismatchError(
-                f"{self.ckpt_path} was trained with other settings than the config asks for ({self.path}): "
-                + "; ".join(differences)
-                + ". Leave these ids out of the overrides to use the weights' values, or load weights trained with"
-                " the values given."
-            )
+def check_settings(ckpt_path: str | Path, settings: Mapping[str, Any]) -> bool:
+    """Raise :class:`SettingsMismatchError` naming every id of ``settings`` (the config's values) that differs from the
+    settings file of ``ckpt_path``; True otherwise, so that a config can require the check
+    (``_requires_: "@settings_check"``) before it reads any image. Weights without a settings file check nothing."""
+    path = settings_file(ckpt_path)
+    if path is None:
+        logger.info(
+            "%s has no settings file (%s or %s beside it): the network and its input follow the config",
+            ckpt_path,
+            settings_path(ckpt_path).name,
+            RUN_SETTINGS,
+        )
         return True
+    recorded = _load(path)
+    differences = [
+        f"{name} is {_as_json(value)!r} in the config but {recorded[name]!r} in the weights' settings"
+        for name, value in settings.items()
+        if name in recorded and _as_json(value) != recorded[name]
+    ]
+    if differences:
+        raise SettingsMismatchError(
+            f"{ckpt_path} was trained with other settings than the config states ({path}): "
+            + "; ".join(differences)
+            + f". Add {path} as the last --config_file (its ids replace the config's), or give these ids the"
+            " weights' values."
+        )
+    return True

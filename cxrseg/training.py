@@ -29,7 +29,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     With ``settings`` (the config's ``weights_settings``: the ids that define the network and its input, with their
     values), every time it writes the best model ``key_metric_filename`` it writes their values beside it
-    (``model.pt`` -> ``model.json``, :mod:`cxrseg.settings`), which evaluation and inference read back.
+    (``model.pt`` -> ``model.json``, :mod:`cxrseg.settings`), which evaluation and inference check their configs
+    against and take as their last config file for these weights.
     """
 
     def __init__(self, *args: Any, settings: Mapping[str, Any] | None = None, **kwargs: Any) -> None:

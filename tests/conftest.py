@@ -54,7 +54,6 @@ SLOW_TESTS = frozenset(
         "test_opacity_unet.py::test_two_stage_inference_writes_label_map_overlay_and_severity",
         "test_prepare.py::test_jsrt_prepared_at_default_512",
         "test_settings.py::test_inference_with_an_image_size_other_than_the_weights_stops_before_any_image",
-        "test_settings.py::test_weights_trained_with_defaults_evaluate_and_infer_with_defaults",
     }
 )
 ALL_TIERS = "--all-tiers"

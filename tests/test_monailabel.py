@@ -100,11 +100,11 @@ def config_value(bundle_dir: Path, config: str, key: str) -> object:
 
 
 def give_weights(bundle_dir: Path, phantoms: Path, work_dir: Path) -> None:
-    """Keep shipped weights; otherwise train one short epoch into the copy, at the image size of the inference
-    config's defaults (the training run writes its settings beside the weights, which inference then follows)."""
+    """Keep shipped weights; otherwise train one short epoch into the copy, at the image size inference.yaml states,
+    so that the plain inference command of the contract runs them too."""
     if (bundle_dir / "models" / "model.pt").is_file():
         return
-    image_size = config_value(bundle_dir, "inference.yaml", "trained_with#defaults#image_size")
+    image_size = config_value(bundle_dir, "inference.yaml", "image_size")
     run_checked(
         [
             sys.executable,
@@ -308,3 +308,36 @@ def test_train_from_scratch_writes_a_new_model(server: Server) -> None:
     assert model.stat().st_mtime_ns > before, "training from scratch must write models/model.pt"
     label = infer(server, TRAIN_BUNDLE)
     assert label.shape == (QUERY_SIZE[1], QUERY_SIZE[0])
+
+
+def test_inference_task_builds_what_the_served_weights_were_trained_for(tmp_path: Path) -> None:
+    """inference.yaml states the shipped weights' settings; the inference task reads the settings file of the
+    served models/model.pt as the last config file, when it starts and again when a training request replaces the
+    weights (a new file: another inode)."""
+    python = monailabel_python()
+    bundle = copy_bundle(BUNDLES_DIR / TRAIN_BUNDLE, tmp_path / TRAIN_BUNDLE)
+    settings = bundle / "models" / "model.json"
+    shipped = json.loads(settings.read_text(encoding="utf-8"))
+    settings.write_text(json.dumps({**shipped, "image_size": [64, 72]}), encoding="utf-8")
+    code = f"""
+import json, os, shutil, sys
+sys.path.insert(0, {str(REPO_ROOT / "tools" / "monailabel_app")!r})
+from lib.radiograph_tasks import RadiographInferTask
+bundle = {str(bundle)!r}
+task = RadiographInferTask(bundle, {{}})
+sizes = [task.bundle_config.get_parsed_content("image_size")]
+shutil.copy(bundle + "/models/model.pt", bundle + "/models/new.pt")
+os.replace(bundle + "/models/new.pt", bundle + "/models/model.pt")
+with open(bundle + "/models/model.json") as handle:
+    trained = {{**json.load(handle), "image_size": [96, 108]}}
+with open(bundle + "/models/model.json", "w") as handle:
+    json.dump(trained, handle)
+task.follow_weights()
+sizes.append(task.bundle_config.get_parsed_content("image_size"))
+print("SIZES", json.dumps(sizes))
+"""
+    result = subprocess.run(
+        [str(python), "-c", code], cwd=tmp_path, env=quiet_env(), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.split("SIZES", 1)[1]) == [[64, 72], [96, 108]]

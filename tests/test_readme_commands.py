@@ -140,6 +140,12 @@ RULES = (
         slow=True,
         expect=("runs/lung_vae/models/model.pt",),
     ),
+    # docs/training.md: A first run on the built-in phantoms, its weights scored with their settings file
+    Rule(
+        r"python -m monai\.bundle run --config_file \"\['bundles/lung_vae/configs/train\.yaml',"
+        r"'bundles/lung_vae/configs/evaluate\.yaml','runs/lung_vae/models/model\.json'\]\"",
+        expect=("runs/lung_vae/eval/metrics_summary.json",),
+    ),
     Rule(r"python -m pytest", skip="the test suite itself, this test included (.ci/run runs it)"),
     # docs/training.md: Evaluation
     Rule(r"E=\"\['bundles/<b>/configs/train\.yaml','bundles/<b>/configs/evaluate\.yaml'\]\""),

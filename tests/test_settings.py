@@ -1,11 +1,11 @@
-"""Weights carry their settings (README, "Weights carry their settings"): the training run writes the values of the
-ids that define the network and its input beside the best model, evaluation and inference take them from there,
-and a config value that disagrees with them stops the run naming the id, both values and the file.
+"""Weights carry their settings (docs/conventions.md, "Weights carry their settings"): the training run writes the
+values of the ids that define the network and its input beside the best model; the configs state the shipped
+weights' values; other weights bring theirs as the last config file; and a config value that differs from the
+settings file of the weights a run loads stops it before any image is read, naming the id, both values and the file.
 
-The end-to-end test trains every bundle with its ``train.yaml`` defaults (sizes, widths, classes as shipped in the
-config), overriding only the number of epochs, the data and where the run writes, then runs ``evaluate.yaml`` and
-``inference.yaml`` with their defaults on those weights: before the settings travelled with the weights, inference
-built every network at the shipped weights' size instead of the trained one.
+The end-to-end test trains every bundle at a size no shipped weights have (one epoch on two phantoms), then runs
+``evaluate.yaml`` and ``inference.yaml`` on those weights with and without the run's ``model.json`` as the last
+config file.
 """
 
 from __future__ import annotations
@@ -28,13 +28,17 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from cxrseg.bundle import bundle_imports
 from cxrseg.settings import (
     SettingsMismatchError,
-    WeightsSettings,
-    config_file_values,
+    check_settings,
     read_settings,
+    settings_config_files,
+    settings_file,
     settings_path,
     write_settings,
 )
 from cxrseg.training import AtomicCheckpointSaver
+
+# a size none of the shipped weights has (attention_bcdunet needs multiples of 16)
+OTHER_SIZE = [64, 64]
 
 
 def config(bundle: str, name: str) -> Path:
@@ -45,15 +49,30 @@ def raw(bundle: str, name: str) -> dict:
     return yaml.safe_load(config(bundle, name).read_text(encoding="utf-8"))
 
 
-def run_workflow(bundle: str, files: list[str], workflow_type: str, **overrides: object) -> None:
-    """Run configs of ``bundle`` as ``python -m monai.bundle run`` does, in this process."""
+def shipped(bundle: str) -> dict:
+    return json.loads((BUNDLES_DIR / bundle / "models" / "model.json").read_text(encoding="utf-8"))
+
+
+def run_workflow(bundle: str, files: list[str | Path], workflow_type: str, **overrides: object) -> None:
+    """Run configs as ``python -m monai.bundle run`` does, in this process: names of ``bundle``'s configs, or paths."""
     with bundle_imports(BUNDLES_DIR / bundle):
         workflow = ConfigWorkflow(
-            config_file=[str(config(bundle, name)) for name in files], workflow_type=workflow_type, **overrides
+            config_file=[str(file if isinstance(file, Path) else config(bundle, file)) for file in files],
+            workflow_type=workflow_type,
+            **overrides,
         )
         workflow.initialize()
         workflow.run()
         workflow.finalize()
+
+
+def messages(error: BaseException | None) -> str:
+    """The messages of an error and of its causes (MONAI wraps what a config component raises)."""
+    found = []
+    while error is not None:
+        found.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(found)
 
 
 # --- the mechanism ----------------------------------------------------------------------------------------------
@@ -62,35 +81,58 @@ def run_workflow(bundle: str, files: list[str], workflow_type: str, **overrides:
 def test_settings_file_sits_beside_the_weights_and_reads_back(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.pt"
     assert settings_path(ckpt) == tmp_path / "model.json"
-    assert read_settings(ckpt) is None
+    assert read_settings(ckpt) is None and settings_file(ckpt) is None
     write_settings(ckpt, {"image_size": (64, 96), "gate": "add", "variational": False})
     assert read_settings(ckpt) == {"image_size": [64, 96], "gate": "add", "variational": False}
     assert [p.name for p in tmp_path.iterdir()] == ["model.json"], "no temporary file is left behind"
 
 
-def test_recorded_values_win_over_the_config_defaults(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_checkpoint_of_a_run_takes_the_settings_of_its_folder(tmp_path: Path) -> None:
+    """A run writes model.json beside model.pt only; its checkpoint_*.pt were trained with the same settings, and a
+    checkpoint's own <stem>.json comes first."""
+    write_settings(tmp_path / "model.pt", {"image_size": [256, 256]})
+    checkpoint = tmp_path / "checkpoint_checkpoint_epoch=40.pt"
+    assert settings_file(checkpoint) == tmp_path / "model.json"
+    assert read_settings(checkpoint) == {"image_size": [256, 256]}
+    with pytest.raises(SettingsMismatchError, match=r"image_size is \[320, 320\] in the config but \[256, 256\]"):
+        check_settings(checkpoint, {"image_size": [320, 320]})
+    write_settings(checkpoint, {"image_size": [320, 320]})
+    assert settings_file(checkpoint) == settings_path(checkpoint) and check_settings(
+        checkpoint, {"image_size": [320, 320]}
+    )
+
+
+def test_settings_file_goes_last_among_the_config_files(tmp_path: Path) -> None:
+    configs = ["inference.yaml", Path("override.yaml")]
+    assert settings_config_files(configs, tmp_path / "model.pt") == ["inference.yaml", "override.yaml"]
+    write_settings(tmp_path / "model.pt", {"image_size": [64, 64]})
+    assert settings_config_files(configs, tmp_path / "model.pt") == [
+        "inference.yaml",
+        "override.yaml",
+        str(tmp_path / "model.json"),
+    ]
+
+
+def test_check_passes_weights_without_settings_file_and_ids_not_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ckpt = tmp_path / "model.pt"
-    defaults = {"image_size": [256, 256], "features": 16}
     with caplog.at_level(logging.INFO, logger="cxrseg.settings"):
-        unrecorded = WeightsSettings(ckpt, defaults)
-    assert unrecorded["image_size"] == [256, 256] and "no settings file" in caplog.text
-    assert unrecorded.check({"image_size": [64, 64]}), "weights without a settings file check nothing"
+        assert check_settings(ckpt, {"image_size": [64, 64]}), "weights without a settings file check nothing"
+    assert "no settings file" in caplog.text
     write_settings(ckpt, {"image_size": [640, 512]})
-    recorded = WeightsSettings(ckpt, defaults)
-    assert recorded["image_size"] == [640, 512] and recorded["features"] == 16
-    assert recorded.check({"image_size": (640, 512), "features": 24}), "ids the file does not record are not checked"
-    with pytest.raises(KeyError, match="latent_size"):
-        recorded["latent_size"]
+    assert check_settings(ckpt, {"image_size": (640, 512), "features": 24}), "ids the file does not record pass"
 
 
-def test_mismatch_names_the_setting_both_values_and_the_file(tmp_path: Path) -> None:
+def test_mismatch_names_every_differing_id_both_values_the_file_and_the_fix(tmp_path: Path) -> None:
     ckpt = tmp_path / "model.pt"
-    write_settings(ckpt, {"image_size": [640, 512], "gate": "bconvlstm"})
+    write_settings(ckpt, {"image_size": [640, 512], "gate": "bconvlstm", "features": 16})
     with pytest.raises(SettingsMismatchError) as raised:
-        WeightsSettings(ckpt, {}).check({"image_size": [128, 128], "gate": "bconvlstm"})
+        check_settings(ckpt, {"image_size": [128, 128], "gate": "bconvlstm", "features": 8})
     message = str(raised.value)
     assert "image_size is [128, 128] in the config but [640, 512] in the weights' settings" in message
-    assert str(settings_path(ckpt)) in message and "gate" not in message
+    assert "features is 8 in the config but 16" in message and "gate" not in message
+    assert f"Add {settings_path(ckpt)} as the last --config_file" in message
 
 
 def test_checkpoint_saver_writes_the_settings_whenever_it_writes_the_best_model(tmp_path: Path) -> None:
@@ -122,36 +164,35 @@ def test_checkpoint_saver_writes_the_settings_whenever_it_writes_the_best_model(
         )
 
 
-# --- what each bundle records -------------------------------------------------------------------------------------
+# --- what each bundle states ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("bundle", bundle_names())
-def test_every_config_names_the_settings_once_and_reads_them_from_the_weights(bundle: str) -> None:
-    """train.yaml lists the ids (each as a reference to itself); evaluate.yaml and inference.yaml take each from
-    the weights; inference.yaml checks the ids it has; train.yaml's values, the defaults of evaluate.yaml for
-    weights without a settings file, are plain values."""
+def test_configs_state_the_shipped_weights_settings(bundle: str) -> None:
+    """train.yaml names the ids once (each a reference to itself) and the shipped model.json records them all;
+    inference.yaml states each id it uses as the model.json's value; evaluate.yaml states only the ids whose shipped
+    value differs from train.yaml's, so train + evaluate parse to the model.json; both require the check."""
     train, evaluate, inference = (raw(bundle, name) for name in ("train.yaml", "evaluate.yaml", "inference.yaml"))
-    recorded = train["weights_settings"]
-    assert recorded == {name: f"@{name}" for name in recorded} and "image_size" in recorded
+    recorded = shipped(bundle)
+    assert train["weights_settings"] == {name: f"@{name}" for name in recorded} and "image_size" in recorded
     assert inference["weights_settings"] == {name: f"@{name}" for name in inference["weights_settings"]}
-    assert set(inference["weights_settings"]) <= set(recorded)
-    for name in recorded:
-        assert evaluate[name] == f"$@trained_with['{name}']", f"evaluate.yaml: {name}"
-        assert not str(train[name]).startswith(("$", "@", "%")), f"train.yaml: {name} must be a plain value"
-    for name in inference["weights_settings"]:
-        assert inference[name] == f"$@trained_with['{name}']", f"inference.yaml: {name}"
+    assert {name: inference[name] for name in inference["weights_settings"]} == {
+        name: recorded[name] for name in inference["weights_settings"]
+    }
+    assert {name for name in recorded if name in evaluate} == {
+        name for name, value in recorded.items() if train[name] != value
+    }
+    with bundle_imports(BUNDLES_DIR / bundle):
+        parser = ConfigParser()
+        parser.read_config([str(config(bundle, "train.yaml")), str(config(bundle, "evaluate.yaml"))])
+        parser["bundle_root"] = str(BUNDLES_DIR / bundle)
+        assert parser.get_parsed_content("weights_settings") == recorded
+        assert parser.get_parsed_content("settings_check")
     assert evaluate["validate#dataset#_requires_"] == inference["dataset"]["_requires_"] == "@settings_check"
 
 
 @pytest.mark.parametrize("bundle", bundle_names())
-def test_shipped_weights_carry_the_settings_inference_used_before(bundle: str) -> None:
-    """The settings file of the shipped weights records every id train.yaml lists, with the values inference.yaml
-    stated before the settings travelled (now its defaults for weights without the file), so shipped inference
-    builds the same network on the same input; and those weights load into it."""
-    recorded = read_settings(BUNDLES_DIR / bundle / "models" / "model.pt")
-    assert recorded is not None and set(recorded) == set(raw(bundle, "train.yaml")["weights_settings"])
-    defaults = raw(bundle, "inference.yaml")["trained_with"]["defaults"]
-    assert defaults == {name: recorded[name] for name in raw(bundle, "inference.yaml")["weights_settings"]}
+def test_shipped_weights_load_into_the_network_inference_yaml_states(bundle: str) -> None:
     with bundle_imports(BUNDLES_DIR / bundle):
         parser = ConfigParser()
         parser.read_config(str(config(bundle, "inference.yaml")))
@@ -161,16 +202,7 @@ def test_shipped_weights_carry_the_settings_inference_used_before(bundle: str) -
     network.load_state_dict(torch.load(BUNDLES_DIR / bundle / "models" / "model.pt", weights_only=True))
 
 
-def test_evaluation_defaults_come_from_train_yaml_without_a_settings_file(tmp_path: Path) -> None:
-    assert config_file_values(config("lung_vae", "train.yaml"))["image_size"] == [640, 512]
-    with bundle_imports(BUNDLES_DIR / "lung_vae"):
-        parser = ConfigParser()
-        parser.read_config([str(config("lung_vae", "train.yaml")), str(config("lung_vae", "evaluate.yaml"))])
-        parser.update({"bundle_root": str(BUNDLES_DIR / "lung_vae"), "ckpt_dir": str(tmp_path)})
-        assert parser.get_parsed_content("image_size") == [640, 512]
-
-
-# --- defaults after defaults, and a mismatch ---------------------------------------------------------------------
+# --- other weights, and a mismatch ---------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -184,11 +216,13 @@ def tiny_inputs(phantom_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("bundle", bundle_names())
-def test_weights_trained_with_defaults_evaluate_and_infer_with_defaults(
+def test_weights_of_another_size_run_with_their_settings_file_last(
     bundle: str, phantom_dir: Path, tiny_inputs: Path, tmp_path: Path
 ) -> None:
-    """Train with train.yaml's defaults (one epoch on two phantoms), then evaluate and infer with the defaults of
-    evaluate.yaml and inference.yaml: both run on the trained network at the trained size."""
+    """Train at 64 x 64 (one epoch on two phantoms). With the run's model.json as the last config file, evaluate.yaml
+    scores and inference.yaml segments with those weights (the file also holds ids inference.yaml does not use);
+    without it, the configs' shipped image_size stops both before any image is read, naming the file, also for the
+    run's checkpoint_*.pt, whose settings are its folder's model.json."""
     ckpt_dir, out = tmp_path / "models", tmp_path / "out"
     run_workflow(
         bundle,
@@ -197,45 +231,45 @@ def test_weights_trained_with_defaults_evaluate_and_infer_with_defaults(
         dataset_dir=str(phantom_dir),
         epochs=1,
         train_size=2,
+        image_size=OTHER_SIZE,
         ckpt_dir=str(ckpt_dir),
         output_dir=str(out / "train"),
     )
-    recorded = read_settings(ckpt_dir / "model.pt")
-    train = raw(bundle, "train.yaml")
-    assert recorded == {name: train[name] for name in train["weights_settings"]}
+    settings = ckpt_dir / "model.json"
+    assert read_settings(ckpt_dir / "model.pt") == {**shipped(bundle), "image_size": OTHER_SIZE}
+    evaluation = {"dataset_dir": str(phantom_dir), "ckpt_dir": str(ckpt_dir)}
+    # one epoch on two phantoms finds no plausible lung field, which the check would rightly reject
+    inference = {"dataset_dir": str(tiny_inputs), "check_lung_field": False}
 
-    run_workflow(
-        bundle,
-        ["train.yaml", "evaluate.yaml"],
-        "train",
-        dataset_dir=str(phantom_dir),
-        ckpt_dir=str(ckpt_dir),
-        output_dir=str(out / "eval"),
-    )
+    run_workflow(bundle, ["train.yaml", "evaluate.yaml", settings], "train", **evaluation, output_dir=str(out / "eval"))
     assert json.loads((out / "eval" / "metrics_summary.json").read_text())["cases"] > 0
-
+    ckpt = ckpt_dir / "model.pt"
     run_workflow(
-        bundle,
-        ["inference.yaml"],
-        "infer",
-        dataset_dir=str(tiny_inputs),
-        ckpt_path=str(ckpt_dir / "model.pt"),
-        output_dir=str(out / "infer"),
-        # one epoch on two phantoms finds no plausible lung field, which the check would rightly reject
-        check_lung_field=False,
+        bundle, ["inference.yaml", settings], "infer", **inference, ckpt_path=str(ckpt), output_dir=str(out / "infer")
     )
     with open(out / "infer" / "measurements.csv", newline="", encoding="utf-8") as handle:
         assert [row["status"] for row in csv.DictReader(handle)] == ["ok"]
+
+    checkpoint = next(ckpt_dir.glob("checkpoint_*.pt"))
+    mismatch = f"image_size is {shipped(bundle)['image_size']} in the config but {OTHER_SIZE} in the weights' settings"
+    for files, workflow_type, weights in (
+        (["train.yaml", "evaluate.yaml"], "train", evaluation),
+        (["inference.yaml"], "infer", {**inference, "ckpt_path": str(checkpoint)}),
+    ):
+        with pytest.raises(Exception) as raised:
+            run_workflow(bundle, files, workflow_type, **weights, output_dir=str(out / "refused"))
+        assert mismatch in messages(raised.value) and f"Add {settings} as the last --config_file" in messages(
+            raised.value
+        )
+        assert not list((out / "refused").glob("*.csv")), "no image may be processed"
 
 
 def test_inference_with_an_image_size_other_than_the_weights_stops_before_any_image(
     tiny_inputs: Path, tmp_path: Path
 ) -> None:
-    """The command line of README, with weights whose settings file says [128, 144] and --image_size [64, 64]."""
-    ckpt = tmp_path / "weights" / "model.pt"
-    ckpt.parent.mkdir()
-    ckpt.write_bytes((BUNDLES_DIR / "res_cr_net" / "models" / "model.pt").read_bytes())
-    write_settings(ckpt, read_settings(BUNDLES_DIR / "res_cr_net" / "models" / "model.pt") or {})
+    """The command line of README, with the shipped res_cr_net weights (settings file: [128, 144]) and
+    --image_size [64, 64]."""
+    ckpt = BUNDLES_DIR / "res_cr_net" / "models" / "model.pt"
     command = [
         sys.executable,
         "-m",
@@ -262,7 +296,7 @@ def test_inference_with_an_image_size_other_than_the_weights_stops_before_any_im
 
 
 def test_lung_stage_follows_and_checks_the_lung_weights_settings(tmp_path: Path) -> None:
-    """The opacity bundle's lung stage builds lung_vae from the settings beside the lung weights it is given, and
+    """The opacity bundle's lung stage builds lung_vae from the settings file of the lung weights it is given, and
     an override of its config that disagrees with them stops it."""
     lung_dir = BUNDLES_DIR / "lung_vae"
     with bundle_imports(lung_dir):
@@ -272,7 +306,7 @@ def test_lung_stage_follows_and_checks_the_lung_weights_settings(tmp_path: Path)
         weights = tmp_path / "lung" / "model.pt"
         weights.parent.mkdir()
         torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
-    write_settings(weights, {**(read_settings(lung_dir / "models" / "model.pt") or {}), "image_size": [128, 128]})
+    write_settings(weights, {**shipped("lung_vae"), "image_size": [128, 128]})
     with bundle_imports(BUNDLES_DIR / "opacity_unet"):
         import scripts.lung_stage
 

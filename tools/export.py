@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from monai.bundle import ConfigParser, ckpt_export, onnx_export
 
 from cxrseg.backends import onnx_session, run_session
 from cxrseg.bundle import bundle_imports
+from cxrseg.settings import settings_config_files
 from tools.package import resolve_bundle
 
 FORMATS = ("torchscript", "onnx")
@@ -25,9 +27,11 @@ ONNX_OPSET = 17
 SUFFIXES = {"torchscript": ".ts", "onnx": ".onnx"}
 
 
-def config_files(bundle_dir: Path) -> tuple[str, str]:
-    """The metadata and inference config the Zoo's export commands read."""
-    return str(bundle_dir / "configs" / "metadata.json"), str(bundle_dir / "configs" / "inference.yaml")
+def config_files(bundle_dir: Path, ckpt_file: Path) -> tuple[str, list[str]]:
+    """The metadata and the configs the Zoo's export commands read: the inference config, then the settings file of
+    the checkpoint, whose ids replace the config's (``cxrseg/settings.py``), where it has one."""
+    inference = bundle_dir / "configs" / "inference.yaml"
+    return str(bundle_dir / "configs" / "metadata.json"), settings_config_files([inference], ckpt_file)
 
 
 def example_input(metadata: dict, seed: int = 0) -> torch.Tensor:
@@ -41,12 +45,12 @@ def example_input(metadata: dict, seed: int = 0) -> torch.Tensor:
 
 def eager_network(bundle_dir: Path, ckpt_file: Path) -> torch.nn.Module:
     """``network_def`` of the inference config with the checkpoint's weights, in eval mode on the CPU; built with
-    the settings recorded beside the checkpoint (``ckpt_path``: ``cxrseg/settings.py``)."""
-    meta_file, config_file = config_files(bundle_dir)
+    the checkpoint's settings (:func:`config_files`)."""
+    meta_file, config_file = config_files(bundle_dir, ckpt_file)
     parser = ConfigParser()
     parser.read_config(config_file)
     parser.read_meta(meta_file)
-    parser.update({"bundle_root": str(bundle_dir), "ckpt_path": str(ckpt_file)})
+    parser["bundle_root"] = str(bundle_dir)
     network = parser.get_parsed_content("network_def")
     state = torch.load(ckpt_file, map_location="cpu", weights_only=True)
     network.load_state_dict(state.get("model", state))
@@ -61,10 +65,10 @@ def _first_output(output: object) -> np.ndarray:
     return output.detach().cpu().numpy() if isinstance(output, torch.Tensor) else np.asarray(output)
 
 
-def export_arguments(bundle_dir: Path, ckpt_file: Path, filepath: Path) -> dict[str, str]:
-    """What MONAI's ``ckpt_export`` and ``onnx_export`` both need: the network id, the files, and the checkpoint
-    as ``ckpt_path`` too, so that the configs read the settings recorded beside it."""
-    meta_file, config_file = config_files(bundle_dir)
+def export_arguments(bundle_dir: Path, ckpt_file: Path, filepath: Path) -> dict[str, Any]:
+    """What MONAI's ``ckpt_export`` and ``onnx_export`` both need: the network id and the files (the configs with the
+    checkpoint's settings, :func:`config_files`, which the export also stores beside the network)."""
+    meta_file, config_file = config_files(bundle_dir, ckpt_file)
     return {
         "net_id": "network_def",
         "filepath": str(filepath),
@@ -72,7 +76,6 @@ def export_arguments(bundle_dir: Path, ckpt_file: Path, filepath: Path) -> dict[
         "meta_file": meta_file,
         "config_file": config_file,
         "bundle_root": str(bundle_dir),
-        "ckpt_path": str(ckpt_file),
     }
 
 

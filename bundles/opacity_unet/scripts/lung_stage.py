@@ -27,6 +27,7 @@ from monai.transforms import Compose, LoadImaged, MapTransform
 from .cxrseg.bundle import as_flag, bundle_imports
 from .cxrseg.io import RadiographError, read_radiograph
 from .cxrseg.lungs import lung_field_problem
+from .cxrseg.settings import read_settings
 
 
 def lung_label_values(bundle_dir: str | Path) -> list[int]:
@@ -83,25 +84,29 @@ def load_lung_bundle(
     overrides: Mapping[str, Any] | None = None,
 ) -> LungBundle:
     """Build the lung bundle's network (weights loaded) and transforms from its inference config, with
-    ``overrides`` of its config ids. Its network and input follow the settings file beside the weights
-    (``cxrseg/settings.py``); an override that disagrees with that file raises before any radiograph is segmented."""
+    ``overrides`` of its config ids. Its network and input follow the settings file of the weights, merged into the
+    config before the overrides (``cxrseg/settings.py``: the config states the shipped weights' settings, and
+    ``lung_ckpt_path`` may name others); an override that disagrees with that file raises before any radiograph is
+    segmented."""
     bundle_dir = Path(bundle_dir).resolve()
     config_path = bundle_dir / "configs" / config_file
     if not config_path.is_file():
         raise FileNotFoundError(f"lung bundle config {config_path} not found; set lung_bundle_dir")
     device = torch.device(device)
+    overrides = dict(overrides or {})
     with bundle_imports(bundle_dir):
         parser = ConfigParser()
         parser.read_config(str(config_path))
-        parser.update({"bundle_root": str(bundle_dir), "device": f"$torch.device('{device}')", **(overrides or {})})
+        parser.update({"bundle_root": str(bundle_dir), "device": f"$torch.device('{device}')", **overrides})
         if ckpt_path is not None:
-            # its network and input follow the settings file beside these weights (cxrseg/settings.py)
             parser["ckpt_path"] = str(ckpt_path)
         ckpt = Path(ckpt_path) if ckpt_path is not None else Path(parser.get_parsed_content("ckpt_path"))
         if not ckpt.is_file():
             raise FileNotFoundError(
                 f"lung bundle weights {ckpt} not found: train {bundle_dir.name} first or set lung_ckpt_path"
             )
+        settings = read_settings(ckpt) or {}
+        parser.update({name: value for name, value in settings.items() if name not in overrides})
         if "settings_check" in parser:
             parser.get_parsed_content("settings_check")
         network = parser.get_parsed_content("network_def").to(device).eval()

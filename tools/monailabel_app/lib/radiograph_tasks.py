@@ -13,9 +13,10 @@ they fail in four ways, each handled here rather than in the bundles:
 * ``pretrained=False`` makes ``BundleTrainTask`` call ``os.path.exists(None)`` and crash.
 
 The network and transforms of a bundle follow the settings its training run wrote beside ``models/model.pt``
-(``models/model.json``, README "Weights carry their settings"), which ``inference.yaml`` reads when it is parsed.
-``BundleInferTask`` parses it once and only reloads the weights when the file changes, so after a training request
-it would load new weights into a network built for the old ones; the inference task parses the config again
+(``models/model.json``, docs/conventions.md "Weights carry their settings"): ``inference.yaml`` states the shipped
+weights' settings, so the inference task reads that file as the last config file, whose ids replace the config's.
+``BundleInferTask`` parses the config once and only reloads the weights when the file changes, so after a training
+request it would load new weights into a network built for the old ones; the inference task parses the config again
 whenever the weights file is replaced.
 
 Training also needs a datalist in the collection's form: MONAI Label hands over one label map per image,
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 from monai.transforms import MapTransform
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -96,14 +98,21 @@ class RadiographInferTask(BundleInferTask):
         version = file_version(self.weights_file)
         if not self.is_valid() or version == self.weights_version:
             return
-        self.bundle_config = self._load_bundle_config(self.bundle_path, self.bundle_config_path)
         sys.path.insert(0, self.bundle_path)
         unload_module("scripts")
         try:
+            self.bundle_config = self._load_bundle_config(self.bundle_path, self.bundle_config_path)
             self.network = self.bundle_config.get_parsed_content("network_def", instantiate=True)
         finally:
             sys.path.remove(self.bundle_path)
         self.weights_version = version
+
+    def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
+        """The inference config with the settings file of the served ``models/model.pt`` as the last config file
+        (``cxrseg/settings.py``, from the bundle's own ``scripts``: called with the bundle first on ``sys.path``)."""
+        from scripts.cxrseg.settings import settings_config_files
+
+        return super()._load_bundle_config(path, settings_config_files([config], Path(path) / "models" / "model.pt"))
 
     def pre_transforms(self, data: Any = None) -> Sequence[Any]:
         self.follow_weights()

@@ -179,12 +179,30 @@ def test_clear_lungs_train_as_negatives_in_their_share(opacity_scripts, phantom_
     assert (draws >= len(opacity_cases)).float().mean().item() == pytest.approx(1 / 3, abs=0.03)
 
 
-def test_encoder_init_copies_the_encoder_and_nothing_else(opacity_scripts, tmp_path: Path) -> None:
-    """--encoder_init: every ``encoder.`` weight comes from the lung checkpoint, the decoder keeps its own."""
+def test_only_the_normals_of_a_pneumonia_collection_are_clear_lungs(
+    opacity_scripts, phantom_dir: Path, tmp_path: Path
+) -> None:
+    """A COVID-QU-Ex-like clear-lung source (metadata ``group``: covid19, non_covid, normal) gives its normals
+    only: its other pneumonias have opacity nobody drew, and an empty target there would teach that it is clear."""
+    root = clear_lung_dataset(phantom_dir, tmp_path / "covid_qu_ex")
+    cases = sorted(p.stem for p in (phantom_dir / "images").glob("*.png"))
+    groups = {case: ("covid19", "non_covid", "normal")[i % 3] for i, case in enumerate(cases)}
+    rows = "".join(f"{case},{group},train\n" for case, group in groups.items())
+    (root / "metadata.csv").write_text("case,group,source_split\n" + rows)
+    parser = parsed("train.yaml", dataset_dir=str(phantom_dir), clear_lung_dirs=[str(root)], num_folds=None)
+    clear_cases = parser.get_parsed_content("train#clear_lung_cases")
+    assert clear_cases and {groups[e["case"]] for e in clear_cases} == {"normal"}
+
+
+@pytest.mark.parametrize("stored_as", ["state dict", "training checkpoint"])
+def test_encoder_init_copies_the_encoder_and_nothing_else(opacity_scripts, tmp_path: Path, stored_as: str) -> None:
+    """--encoder_init: every ``encoder.`` weight comes from the lung weights, the decoder keeps its own; a
+    training checkpoint (a run's last epoch) gives its ``model`` entry."""
     donor = parsed("train.yaml").get_parsed_content("network_def")
     for parameter in donor.parameters():
         torch.nn.init.constant_(parameter, 0.125)
-    torch.save(donor.state_dict(), tmp_path / "lungs.pt")
+    state = donor.state_dict()
+    torch.save(state if stored_as == "state dict" else {"model": state, "epoch": 5}, tmp_path / "lungs.pt")
     parser = parsed("train.yaml", encoder_init=str(tmp_path / "lungs.pt"))
     network = parser.get_parsed_content("network")
     before = {k: v.clone() for k, v in network.state_dict().items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrseg.overlay import OUTLINE_PIXELS_PER_WIDTH, PALETTE, draw_overlay, label_overlay, outline
+from cxrseg.overlay import OUTLINE_PIXELS_PER_WIDTH, PALETTE, display_gray, draw_overlay, label_overlay, outline
 
 
 def test_outline_is_the_inner_border_of_the_given_width() -> None:
@@ -38,3 +38,13 @@ def test_label_overlay_colours_each_label_and_widens_the_outline_on_large_images
     assert tuple(picture[100, 500]) == PALETTE[0] and tuple(picture[103, 500]) == PALETTE[0]
     assert tuple(picture[104, 500]) != PALETTE[0], "4 px wide at 2048 px"
     assert tuple(picture[1200, 1500]) == PALETTE[1]
+
+
+def test_display_window_of_a_large_16_bit_image_ignores_a_few_saturated_pixels() -> None:
+    side = 2048
+    image = np.tile(np.linspace(1000, 3000, side), (side, 1)).astype(np.uint16)
+    image[:20, :20] = 65535
+    gray = display_gray(image)
+    assert gray.dtype == np.uint8
+    assert gray[100, 5] == 0 and gray[100, side - 5] == 255
+    assert 120 <= gray[100, side // 2] <= 135, "the middle of the range sits mid-grey"

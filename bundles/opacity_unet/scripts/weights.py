@@ -13,12 +13,17 @@ from pathlib import Path
 import torch
 
 
-def save_half_precision(source: str | Path, target: str | Path) -> int:
-    """Write ``source``'s state dict with floating-point tensors as float16 to ``target``; returns its size.
-    ``source`` is a state dict or a training checkpoint, whose ``model`` entry is taken (e.g. the last epoch of
-    a run, as the cross-validation scores it)."""
+def state_dict_of(source: str | Path) -> dict[str, torch.Tensor]:
+    """The network weights in ``source``: a state dict, or a training checkpoint's ``model`` entry (e.g. the last
+    epoch of a run, as the cross-validation scores it and as a start for the next stage)."""
     state = torch.load(source, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
+    return state.get("model", state)
+
+
+def save_half_precision(source: str | Path, target: str | Path) -> int:
+    """Write ``source``'s weights (``state_dict_of``) with floating-point tensors as float16 to ``target``;
+    returns its size."""
+    state = state_dict_of(source)
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target)
     return Path(target).stat().st_size
 

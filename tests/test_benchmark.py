@@ -119,7 +119,7 @@ def test_shipped_opacity_weights_are_scored_on_their_cross_validation_fold() -> 
     overrides = held_out_overrides(shipped)
     fold = {k: overrides[k] for k in (SPLIT_ID, "num_folds", "fold")}
     assert fold == {SPLIT_ID: "validation", "num_folds": 5, "fold": 0}
-    assert [Path(d).name for d in overrides["clear_lung_dirs"]] == ["jsrt", "montgomery", "shenzhen"]
+    assert [Path(d).name for d in overrides["clear_lung_dirs"]] == ["jsrt", "montgomery", "shenzhen", "covid_qu_ex"]
     assert overrides["lung_source"] == "bundle"
     assert "lung_source" not in held_out_overrides(held_out(BUNDLES_DIR / "opacity_unet", shipped_weights=False))
     assert held_out_name(shipped) == "fold 0 of 5"

@@ -794,3 +794,26 @@ def test_flip_averaging_flips_rows_when_asked(opacity_scripts) -> None:
 
     averaged = opacity_scripts.inferers.FlipAveragingInferer(spatial_axes=(-2,))(torch.ones(1, 1, 3, 4), network)
     assert torch.equal(averaged, torch.ones(1, 1, 3, 4))
+
+
+def test_infection_start_trains_on_drawn_covid_opacity_only(opacity_scripts, phantom_dir: Path, tmp_path: Path) -> None:
+    """pretrain_infection.yaml: the opacity cases are the COVID-19 radiographs of the collection's train split
+    (its other pneumonias' opacity is not drawn, its normals are clear lungs of the cross-validation), the
+    clear lungs are every normal radiograph of their sources."""
+    collection = clear_lung_dataset(phantom_dir, tmp_path / "covid_qu_ex")
+    cases = sorted(p.stem for p in (phantom_dir / "images").glob("*.png"))
+    rows = {case: (("covid19", "non_covid", "normal")[i % 3], ("train", "val")[i % 2]) for i, case in enumerate(cases)}
+    annotated = {case: "no" if group == "non_covid" else "yes" for case, (group, _) in rows.items()}
+    (collection / "metadata.csv").write_text(
+        "case,group,source_split,opacity_annotated\n"
+        + "".join(f"{case},{group},{split},{annotated[case]}\n" for case, (group, split) in rows.items())
+    )
+    normals = clear_lung_dataset(phantom_dir, tmp_path / "normals")
+    parser = parsed(
+        ["train.yaml", "pretrain_infection.yaml"], dataset_dir=str(collection), clear_lung_dirs=[str(normals)]
+    )
+    opacity_cases = parser.get_parsed_content("train#opacity_cases")
+    assert opacity_cases and all(rows[e["case"]] == ("covid19", "train") for e in opacity_cases)
+    clear_cases = parser.get_parsed_content("train#clear_lung_cases")
+    tb_free = [line for line in (normals / "metadata.csv").read_text().splitlines()[1:] if line.endswith(",0")]
+    assert len(clear_cases) == len(tb_free), "every normal radiograph, whatever its split"

@@ -24,14 +24,15 @@ from cxrseg.evaluation import spill_below
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-# res_cr_net 0.6 still runs into the abdomen (mean 9.6 % on these eight, one case 44 %; 1.0 % over all 188): strict,
+# res_cr_net 0.6 ran into the abdomen (mean 9.6 % on these eight, one case 44 %; 1.0 % over all 188) and 0.7's
+# second look at the lungs still does here (0.7 % over 174 abdomen-in-view cases, the same 44 % worst): strict,
 # so that the day it stops, the test says so
 LUNG_BUNDLES = (
     "lung_vae",
     "attention_bcdunet",
     pytest.param(
         "res_cr_net",
-        marks=pytest.mark.xfail(strict=True, reason="res_cr_net 0.6's lung field still runs below the diaphragm"),
+        marks=pytest.mark.xfail(strict=True, reason="res_cr_net 0.7's lung field still runs below the diaphragm"),
     ),
 )
 ABDOMEN_IN_VIEW = (

@@ -300,7 +300,9 @@ def test_native_inference_keeps_the_aspect_ratio(scripts, phantom_dir: Path, tmp
         workflow.run()
         assert workflow.parser.get_parsed_content("preprocessing")({"image": str(input_dir / "narrow.png")})[
             "image"
-        ].shape == (3, 64, 38)
+        ].shape == (1, 64, 38)
+        # one pass on the image as it is (no squashing to image_size); the inferer repeats the channel
+        assert workflow.parser.get_parsed_content("inferer").spatial_size is None
         workflow.finalize()
     assert np.asarray(Image.open(output_dir / "narrow_seg.png")).shape == (150, 90)
     with open(output_dir / "measurements.csv", newline="") as handle:

@@ -17,6 +17,7 @@ COMMANDS = {
     "compare_inference": "benchmarks.compare_inference:COMMANDS",
     "compare_training": "benchmarks.compare_training:COMMANDS",
     "robustness": "benchmarks.robustness:robustness",
+    "abdomen": "benchmarks.abdomen:abdomen",
 }
 
 if __name__ == "__main__":

@@ -169,6 +169,14 @@ RULES = (
         needs=("shared_data",),
         expect=("{tmp}/robustness/robustness.json",),
     ),
+    # benchmarks/README.md: The abdomen in view
+    Rule(
+        r"python -m benchmarks abdomen --out /tmp/cxrseg-abdomen",
+        shorten=(("--out /tmp/cxrseg-abdomen", "--out {tmp}/abdomen --bundles \"['res_cr_net']\" --floor 0.6"),),
+        why="res_cr_net on the COVID-QU-Ex val cases whose lungs end above 60 % of the height",
+        needs=("shared_data",),
+        expect=("{tmp}/abdomen/abdomen.json",),
+    ),
     # docs/inference.md: Inference contract
     Rule(
         r"python -m monai\.bundle run --config_file bundles/<b>/configs/inference\.yaml",

@@ -193,6 +193,7 @@ def load_split(
     num_folds: int | None = None,
     fold: int = 0,
     exclude: Mapping[str, Sequence[str]] | None = None,
+    draw_seed: int = 0,
 ) -> list[dict]:
     """Entries of one split with absolute paths, for ``train#dataset#data`` and friends.
 
@@ -202,7 +203,9 @@ def load_split(
     ``<dataset_dir>/datalist.json``) when present, otherwise it is derived from the layout with ``fractions``
     and ``seed`` (or, with ``num_folds``, cross-validation fold ``fold``); ``split="all"`` takes every case of
     the source, e.g. to score a hospital that training never saw. ``limit`` keeps a deterministic subset of
-    the pooled entries, e.g. for few-shot training. ``exclude`` drops cases by their ``metadata.csv`` row, e.g.
+    the pooled entries, e.g. for few-shot training; ``draw_seed`` picks which (another draw of the same
+    training split: ``seed`` moves patients between the splits, so figures held out under one seed are trained
+    on under another). ``exclude`` drops cases by their ``metadata.csv`` row, e.g.
     ``{"tb": ["1"]}`` keeps the normal radiographs of a tuberculosis dataset; it is applied after splitting, so
     the patients' folds do not depend on it, and a source without that column loses no case.
     """
@@ -220,7 +223,7 @@ def load_split(
             rows = metadata_rows(source)
             kept = [entry for entry in kept if not _excluded(entry, rows, exclude)]
         entries += kept
-    return _subset(entries, limit, seed)
+    return _subset(entries, limit, draw_seed)
 
 
 def metadata_rows(dataset_dir: str | Path) -> dict[str, dict[str, str]]:

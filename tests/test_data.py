@@ -75,6 +75,18 @@ def test_limit_gives_nested_subsets(tmp_path: Path) -> None:
     assert len(small) == 5 and {e["case"] for e in small} <= {e["case"] for e in larger}
 
 
+def test_another_draw_comes_from_the_same_training_split(tmp_path: Path) -> None:
+    """A second draw of ``limit`` cases (``draw_seed``) is other cases of the same training split: drawing again
+    must not move test patients into training, as changing the split's ``seed`` does."""
+    root = make_dataset(tmp_path / "d", cases=60)
+    training = {e["case"] for e in load_split(root, "training")}
+    first, second = (
+        {e["case"] for e in load_split(root, "training", limit=12, draw_seed=k)} for k in (0, 1)
+    )
+    assert first != second and first | second <= training
+    assert {e["case"] for e in load_split(root, "training", seed=1)} - training, "the split's seed moves patients"
+
+
 @pytest.mark.realdata
 def test_jsrt_split_covers_all_cases(jsrt_dir: Path) -> None:
     cases = [e["case"] for s in ("training", "validation", "test") for e in load_split(jsrt_dir, s)]

@@ -41,11 +41,11 @@ def reference_lungs(entry: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(loaded["label"])[0] == LUNG_LABEL
 
 
-def abdomen_in_view(dataset_dir: Path, floor: float = 0.7) -> list[dict]:
-    """The held-out cases of ``dataset_dir`` whose reference lungs end above ``floor`` of the image height: what
-    lies below them down to the edge is abdomen."""
+def abdomen_in_view(dataset_dir: Path, floor: float = 0.7, splits: Sequence[str] = ("test",)) -> list[dict]:
+    """The cases of ``dataset_dir``'s ``splits`` (held out by default) whose reference lungs end above ``floor`` of
+    the image height: what lies below them down to the edge is abdomen."""
     cases = []
-    for entry in load_split(dataset_dir, "test"):
+    for entry in (entry for split in splits for entry in load_split(dataset_dir, split)):
         lungs = reference_lungs(entry)
         rows = np.flatnonzero(lungs.any(axis=1))
         if rows.size and rows[-1] + 1 <= floor * lungs.shape[0]:

@@ -27,6 +27,7 @@ COMMANDS = {
     "bundle_hashes": "tools.bundle_hashes:bundle_hashes",
     "export": "tools.export:export",
     "average_weights": "tools.average_weights:average_weights",
+    "abdomen_subset": "tools.subsets:abdomen_subset",
 }
 
 

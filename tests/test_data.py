@@ -80,9 +80,7 @@ def test_another_draw_comes_from_the_same_training_split(tmp_path: Path) -> None
     must not move test patients into training, as changing the split's ``seed`` does."""
     root = make_dataset(tmp_path / "d", cases=60)
     training = {e["case"] for e in load_split(root, "training")}
-    first, second = (
-        {e["case"] for e in load_split(root, "training", limit=12, draw_seed=k)} for k in (0, 1)
-    )
+    first, second = ({e["case"] for e in load_split(root, "training", limit=12, draw_seed=k)} for k in (0, 1))
     assert first != second and first | second <= training
     assert {e["case"] for e in load_split(root, "training", seed=1)} - training, "the split's seed moves patients"
 

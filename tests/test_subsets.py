@@ -42,8 +42,10 @@ def test_only_training_radiographs_that_show_the_abdomen_are_linked(tmp_path: Pa
     linked = {path.stem for path in (subset / "images").iterdir()}
     assert linked == expected and expected
     assert not linked & {entry["case"] for entry in load_split(source, "test")}
-    assert all((subset / "masks" / "lungs" / f"{case}.png").resolve().parent == (source / "masks" / "lungs").resolve()
-               for case in linked)
+    assert all(
+        (subset / "masks" / "lungs" / f"{case}.png").resolve().parent == (source / "masks" / "lungs").resolve()
+        for case in linked
+    )
     with open(subset / "metadata.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert {row["case"] for row in rows} == linked and all(row["note"] == "row 20" for row in rows)

@@ -295,6 +295,12 @@ RULES = (
     ),
     Rule(r"(C|D)=\.\./shared/data(/covid_opacity)?$"),
     Rule(r"(J|D)=\.\./shared/data\S* \w=.* R=runs/\w+$"),
+    Rule(
+        r"python -m tools abdomen_subset \$R/abdomen --source \$Q$",
+        needs=("shared_data",),
+        expect=("runs/res_cr_net/abdomen/covid_qu_ex/metadata.csv", "runs/res_cr_net/abdomen/covid_qu_ex/images/*.png"),
+    ),
+    Rule(r"A=\$R/abdomen/covid_qu_ex$"),
     Rule(r"T=\"python -m monai\.bundle run --config_file bundles/\w+/configs/train\.yaml"),
     Rule(
         r"python -m monai\.bundle run --config_file \"\['bundles/opacity_unet/configs/train\.yaml','bundles/"

@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cxrseg.data import load_split
@@ -49,3 +50,33 @@ def test_only_training_radiographs_that_show_the_abdomen_are_linked(tmp_path: Pa
     with open(subset / "metadata.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert {row["case"] for row in rows} == linked and all(row["note"] == "row 20" for row in rows)
+
+
+def test_a_second_run_leaves_no_case_of_the_first(tmp_path: Path) -> None:
+    source = _dataset_with_lungs_ending_at(tmp_path / "hospital", [20, 30, 38] * 10)
+    subset = tmp_path / "subsets" / "hospital"
+
+    abdomen_subset(out=str(tmp_path / "subsets"), source=str(source), floor=0.8)
+    first = {path.stem for path in (subset / "images").iterdir()}
+    abdomen_subset(out=str(tmp_path / "subsets"), source=str(source), floor=0.6)
+    second = {path.stem for path in (subset / "images").iterdir()}
+
+    assert second and second < first
+    with open(subset / "metadata.csv", newline="", encoding="utf-8") as handle:
+        assert {row["case"] for row in csv.DictReader(handle)} == second
+
+
+def test_the_source_and_foreign_folders_are_refused_untouched(tmp_path: Path) -> None:
+    source = _dataset_with_lungs_ending_at(tmp_path / "hospital", [20, 38] * 5)
+    before = sorted(path for path in source.rglob("*"))
+    foreign = tmp_path / "elsewhere" / "hospital"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+
+    with pytest.raises(ValueError, match="the source"):
+        abdomen_subset(out=str(tmp_path), source=str(source))
+    with pytest.raises(ValueError, match="notes.txt"):
+        abdomen_subset(out=str(tmp_path / "elsewhere"), source=str(source))
+
+    assert sorted(path for path in source.rglob("*")) == before and not any(p.is_symlink() for p in before)
+    assert (foreign / "notes.txt").read_text() == "mine"

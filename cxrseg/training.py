@@ -3,6 +3,7 @@ finding the checkpoint to resume from."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,10 +12,12 @@ from typing import Any
 from ignite.engine import Engine
 from monai.handlers import CheckpointSaver
 
+from .bundle import as_flag
 from .library_internals import make_checkpoints_atomic
 from .settings import write_settings
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
+logger = logging.getLogger(__name__)
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -65,6 +68,17 @@ def _checkpoint_order(path: Path) -> tuple[int, float]:
     """Sort key: the epoch/iteration number Ignite puts at the end of the name, then the write time."""
     numbers = re.findall(r"(\d+)", path.stem)
     return (int(numbers[-1]) if numbers else -1, path.stat().st_mtime)
+
+
+def resuming(resume: bool | str, ckpt_dir: str | Path) -> bool:
+    """Whether a run continues from a checkpoint in ``ckpt_dir``: ``--resume true`` and one is there. With none
+    yet, the run starts from the beginning and says so, so that one command both starts and continues a run."""
+    if not as_flag(resume):
+        return False
+    if latest_checkpoint(ckpt_dir) is None:
+        logger.warning(f"--resume true: no {CHECKPOINT_GLOB} in {ckpt_dir} yet; training starts from the beginning")
+        return False
+    return True
 
 
 def latest_checkpoint(ckpt_dir: str | Path) -> str | None:

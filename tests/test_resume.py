@@ -188,3 +188,32 @@ def test_training_killed_mid_epoch_resumes_and_finishes(bundle_ready: None, phan
     travelled = weight_distance(uninterrupted, expected["model"])
     assert travelled > 0
     assert weight_distance(final["model"], uninterrupted) < FINAL_WEIGHTS_TOLERANCE * travelled + 1e-12
+
+
+def test_resume_true_starts_a_run_that_has_no_checkpoint_yet(
+    bundle_ready: None, phantom_dir: Path, tmp_path: Path
+) -> None:
+    """One command both starts and continues a run: ``--resume true`` on an empty ``ckpt_dir`` trains from epoch 1
+    and says it found nothing to resume (it stopped with a TypeError from MONAI's CheckpointLoader before)."""
+    overrides = training_overrides(phantom_dir, tmp_path, epochs=1) | {"resume": "true"}
+    result = monai_run([BUNDLES_DIR / BUNDLE / "configs" / "train.yaml"], overrides, timeout=RUN_TIMEOUT_S)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert re.search(r"Epoch: 1/1, Iter: 1/", log) and f"no checkpoint_*.pt in {tmp_path / 'models'} yet" in log
+    trainer = load(checkpoint_of_epoch(tmp_path / "models", 1))["trainer"]
+    assert trainer["iteration"] == trainer["epoch_length"]
+
+
+@pytest.mark.parametrize("resume", [True, "true", False, "false"])
+def test_every_bundle_resumes_only_from_a_checkpoint_that_exists(resume: bool | str, tmp_path: Path) -> None:
+    for bundle in ("attention_bcdunet", "lung_vae", "opacity_unet", "res_cr_net"):
+        overrides = {"bundle_root": str(BUNDLES_DIR / bundle), "ckpt_dir": str(tmp_path / bundle), "resume": resume}
+        (tmp_path / bundle).mkdir()
+        with bundle_imports(BUNDLES_DIR / bundle):
+            assert (
+                parse_bundle_config(BUNDLES_DIR / bundle, "train.yaml", overrides).get_parsed_content("resuming")
+                is False
+            )
+            (tmp_path / bundle / "checkpoint_checkpoint_epoch=1.pt").write_bytes(b"")
+            resumes = parse_bundle_config(BUNDLES_DIR / bundle, "train.yaml", overrides).get_parsed_content("resuming")
+        assert resumes is (resume in (True, "true")), bundle
